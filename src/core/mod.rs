@@ -1,0 +1,863 @@
+//! The branch protocol as a pure state machine: no sockets, no disk, no clock, no global RNG.
+//!
+//! # Contract
+//! A shell feeds events in through the `on_*` methods and then calls [`Branch::take_ready`],
+//! which returns a [`Ready`]: a [`WriteBatch`] to make durable, messages to send and notices to
+//! log. **The shell must make `persist` durable before it sends any message of the same `Ready`.**
+//! That single rule gives every ordering the bank relies on:
+//! - a debit, its channel's sequence number and the unacknowledged transfer are durable before the
+//!   transfer leaves;
+//! - a credit and the channel watermark are durable before the acknowledgement leaves;
+//! - a recorded local state is durable before its markers leave, and a received marker or part is
+//!   durable before it is acknowledged.
+//!
+//! # Channels
+//! Channel `i → j` numbers transfers densely from 1. The receiver applies a transfer only if it is
+//! the next in sequence (duplicates are dropped and re-acknowledged, gaps dropped and resent later),
+//! so delivery is exactly-once and in order however often a connection breaks. Acknowledgements
+//! are cumulative. After a link comes up, the sender resends everything unacknowledged in channel
+//! order before anything new.
+//!
+//! # Snapshots (Chandy–Lamport over sequenced channels)
+//! A marker carries `after`: the sender's last sequence number when it recorded its state, so the
+//! marker's place in the channel is explicit and survives resends. On its first marker for `k` a
+//! branch records its balance and every channel's watermarks and sends a marker on every outgoing
+//! channel. Each incoming channel is recorded (money of the transfers applied from it) until its
+//! marker arrives; the channel's state is exactly the transfers `(applied_at_record, after]`.
+//! When all incoming channels are closed the branch's part is durable and sent to the initiator,
+//! which assembles and keeps the global snapshot.
+
+#[cfg(test)]
+mod tests;
+
+use crate::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
+use crate::types::{Amount, BranchId, Micros, Seq, SnapshotId};
+use crate::wire::{Message, TRANSFERS_PER_FRAME_MAX};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Static facts a branch runs with.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub me: BranchId,
+    pub branches: u16,
+    pub initiator: BranchId,
+    /// Money every branch starts with.
+    pub initial_balance: Amount,
+    /// Largest single transfer.
+    pub max_amount: Amount,
+    /// Unacknowledged transfers allowed per outgoing channel before that channel stops taking
+    /// new transfers (bounds memory while a peer is away).
+    pub unacked_per_channel_max: usize,
+    /// Snapshots in flight at the initiator before it defers starting another.
+    pub live_snapshots_max: usize,
+    /// Seed of the transfer generator.
+    pub seed: u64,
+}
+
+impl CoreConfig {
+    pub fn genesis_total(&self) -> Amount {
+        self.initial_balance * self.branches as Amount
+    }
+
+    fn peers(&self) -> impl Iterator<Item = BranchId> + '_ {
+        (0..self.branches)
+            .map(BranchId)
+            .filter(move |b| *b != self.me)
+    }
+}
+
+/// Everything about a branch that must survive a crash, apart from the transfer log, parts and
+/// global snapshots (which the store keeps under keys of their own). Written whole per batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableState {
+    pub balance: Amount,
+    /// Outgoing channel state, indexed by peer (own index unused).
+    pub out: Vec<OutChannel>,
+    /// Incoming channel state, indexed by peer (own index unused).
+    pub inc: Vec<InChannel>,
+    /// Initiator: the id the next snapshot gets.
+    pub next_snapshot: SnapshotId,
+    /// Highest snapshot this branch has recorded its state for.
+    pub last_recorded: SnapshotId,
+    /// Snapshots recorded here whose incoming channels are not all closed yet.
+    pub recording: BTreeMap<u64, Recording>,
+    /// Highest snapshot whose local part is complete (and stored).
+    pub parts_done: SnapshotId,
+    /// Initiator: highest global snapshot completed.
+    pub completed: SnapshotId,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutChannel {
+    /// Last sequence number assigned (= transfers ever sent on this channel).
+    pub sent: Seq,
+    /// Highest sequence number the receiver acknowledged.
+    pub acked: Seq,
+    /// Markers not yet acknowledged, with their place in the channel.
+    pub markers: Vec<(SnapshotId, Seq)>,
+    pub marker_acked: SnapshotId,
+    /// Towards the initiator: highest part it acknowledged.
+    pub part_acked: SnapshotId,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InChannel {
+    /// Highest sequence number applied (credited) from this peer.
+    pub applied: Seq,
+    /// Highest marker received from this peer.
+    pub marker: SnapshotId,
+    /// Initiator: highest part received from this peer.
+    pub part: SnapshotId,
+}
+
+/// A snapshot in progress at this branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recording {
+    pub recorded_at: Micros,
+    pub balance: Amount,
+    /// `out[p].sent` at the cut, indexed by peer.
+    pub sent: Vec<Seq>,
+    /// Incoming channels, indexed by peer.
+    pub inc: Vec<ChannelRecording>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRecording {
+    pub applied_at_record: Seq,
+    /// `Some(after)` once the channel's marker arrived.
+    pub until: Option<Seq>,
+    pub money: Amount,
+    pub count: u64,
+}
+
+/// What a branch reloads after a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recovered {
+    pub state: DurableState,
+    /// Per peer, the transfers `(acked, sent]` from the log, in order.
+    pub unacked: Vec<Vec<(Seq, Amount)>>,
+    /// Parts not yet acknowledged by the initiator (not at the initiator itself).
+    pub unsent_parts: Vec<LocalPart>,
+    /// Initiator: parts collected for snapshots not yet complete.
+    pub collected: Vec<LocalPart>,
+}
+
+impl Recovered {
+    /// The state of a branch that has never run.
+    pub fn genesis(cfg: &CoreConfig) -> Recovered {
+        let n = cfg.branches as usize;
+        Recovered {
+            state: DurableState {
+                balance: cfg.initial_balance,
+                out: vec![OutChannel::default(); n],
+                inc: vec![InChannel::default(); n],
+                next_snapshot: SnapshotId(1),
+                last_recorded: SnapshotId(0),
+                recording: BTreeMap::new(),
+                parts_done: SnapshotId(0),
+                completed: SnapshotId(0),
+            },
+            unacked: vec![Vec::new(); n],
+            unsent_parts: Vec::new(),
+            collected: Vec::new(),
+        }
+    }
+}
+
+/// Durable writes of one step. Applied atomically by the store.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteBatch {
+    /// The whole [`DurableState`], if it changed.
+    pub state: Option<DurableState>,
+    /// New transfer-log entries `(to, seq, amount)`.
+    pub transfers: Vec<(BranchId, Seq, Amount)>,
+    /// Local parts completed.
+    pub parts: Vec<LocalPart>,
+    /// Initiator: parts collected.
+    pub collected: Vec<LocalPart>,
+    /// Initiator: global snapshots completed.
+    pub globals: Vec<GlobalSnapshot>,
+    /// Initiator: snapshots whose collected parts can be dropped (now kept whole in `globals`).
+    pub uncollect: Vec<SnapshotId>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none()
+            && self.transfers.is_empty()
+            && self.parts.is_empty()
+            && self.collected.is_empty()
+            && self.globals.is_empty()
+            && self.uncollect.is_empty()
+    }
+}
+
+/// Which connection a message goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// The connection this branch dialled to the peer, in its `epoch`-th incarnation.
+    Out { epoch: u64 },
+    /// The reverse direction of the connection the peer dialled to this branch.
+    In,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    pub to: BranchId,
+    pub link: Link,
+    pub msg: Message,
+}
+
+/// Things worth telling an operator.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    SnapshotStarted(SnapshotId),
+    /// The initiator did not start a snapshot because `live` are still in flight.
+    SnapshotDeferred {
+        live: usize,
+    },
+    PartRecorded(SnapshotId),
+    SnapshotComplete {
+        snapshot: SnapshotId,
+        duration_us: u64,
+        total: u128,
+        expected: Amount,
+    },
+}
+
+/// Output of a step. Persist first, then send, then log.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub persist: WriteBatch,
+    pub send: Vec<Outgoing>,
+    pub notices: Vec<Notice>,
+}
+
+/// A peer broke the protocol; the message was ignored and nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("unexpected {0} on this connection")]
+    Unexpected(&'static str),
+    #[error("acknowledges seq {acked} but only {sent} were sent")]
+    AckBeyondSent { acked: Seq, sent: Seq },
+    #[error("acknowledges marker {0} that was never sent")]
+    AckBeyondMarker(SnapshotId),
+    #[error("acknowledges part {0} that was never sent")]
+    AckBeyondPart(SnapshotId),
+    #[error("marker {snapshot} placed after seq {after}, but seq {applied} was already applied")]
+    MarkerBehind {
+        snapshot: SnapshotId,
+        after: Seq,
+        applied: Seq,
+    },
+    #[error("marker {0} for a snapshot already completed here")]
+    StaleMarker(SnapshotId),
+    #[error("credit would overflow the balance")]
+    Overflow,
+    #[error("malformed part: {0}")]
+    BadPart(String),
+}
+
+/// One bank branch.
+pub struct Branch {
+    cfg: CoreConfig,
+    state: DurableState,
+    /// Per peer: transfers sent but not acknowledged, in seq order.
+    unacked: Vec<VecDeque<(Seq, Amount)>>,
+    unsent_parts: VecDeque<LocalPart>,
+    /// Initiator: parts per snapshot in progress.
+    collected: BTreeMap<SnapshotId, BTreeMap<BranchId, LocalPart>>,
+    /// Per peer: the epoch of the outgoing link if it is up.
+    out_link: Vec<Option<u64>>,
+    /// Per peer: an acknowledgement should be sent at the end of this step.
+    ack_due: Vec<bool>,
+    /// Per peer: index into `ready.send` of a `Transfers` message still open for appending.
+    open_run: Vec<Option<usize>>,
+    rng: StdRng,
+    dirty: bool,
+    ready: Ready,
+}
+
+impl Branch {
+    pub fn new(cfg: CoreConfig, rec: Recovered) -> Branch {
+        let n = cfg.branches as usize;
+        assert_eq!(rec.state.out.len(), n, "state has one channel per branch");
+        assert_eq!(rec.state.inc.len(), n, "state has one channel per branch");
+        let unacked: Vec<VecDeque<(Seq, Amount)>> =
+            rec.unacked.into_iter().map(VecDeque::from).collect();
+        for (p, q) in unacked.iter().enumerate() {
+            let o = &rec.state.out[p];
+            assert_eq!(
+                q.len() as u64,
+                o.sent.0 - o.acked.0,
+                "recovered unacked transfers cover (acked, sent]"
+            );
+        }
+        let mut collected: BTreeMap<SnapshotId, BTreeMap<BranchId, LocalPart>> = BTreeMap::new();
+        for part in rec.collected {
+            collected
+                .entry(part.snapshot)
+                .or_default()
+                .insert(part.branch, part);
+        }
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        Branch {
+            state: rec.state,
+            unacked,
+            unsent_parts: rec.unsent_parts.into(),
+            collected,
+            out_link: vec![None; n],
+            ack_due: vec![false; n],
+            open_run: vec![None; n],
+            rng,
+            dirty: false,
+            ready: Ready::default(),
+            cfg,
+        }
+    }
+
+    // ---- getters -------------------------------------------------------------------------
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    pub fn state(&self) -> &DurableState {
+        &self.state
+    }
+
+    pub fn balance(&self) -> Amount {
+        self.state.balance
+    }
+
+    pub fn is_initiator(&self) -> bool {
+        self.cfg.me == self.cfg.initiator
+    }
+
+    /// Transfers sent and not yet acknowledged, over all channels.
+    pub fn unacked_total(&self) -> usize {
+        self.unacked.iter().map(|q| q.len()).sum()
+    }
+
+    /// Money sent and not yet acknowledged (it may or may not be applied by now).
+    pub fn unacked_money(&self) -> u128 {
+        self.unacked
+            .iter()
+            .flat_map(|q| q.iter().map(|(_, a)| *a as u128))
+            .sum()
+    }
+
+    pub fn snapshots_in_flight(&self) -> usize {
+        self.state.recording.len()
+    }
+
+    /// Initiator: snapshots started and not yet complete globally.
+    pub fn snapshots_pending(&self) -> u64 {
+        self.state.next_snapshot.0 - 1 - self.state.completed.0
+    }
+
+    // ---- inputs ----------------------------------------------------------------------------
+
+    /// Makes one random transfer if the balance and the channels allow. Returns whether it did.
+    pub fn on_transfer_tick(&mut self) -> bool {
+        if self.state.balance == 0 || self.cfg.branches < 2 {
+            return false;
+        }
+        let peers = self.cfg.branches as usize - 1;
+        let start = self.rng.gen_range(0..peers);
+        let to = (0..peers)
+            .map(|i| {
+                let k = ((start + i) % peers) as u16;
+                BranchId(if k >= self.cfg.me.0 { k + 1 } else { k })
+            })
+            .find(|p| self.unacked[p.index()].len() < self.cfg.unacked_per_channel_max);
+        let Some(to) = to else {
+            return false;
+        };
+        let cap = self.cfg.max_amount.min(self.state.balance).max(1);
+        let amount = self.rng.gen_range(1..=cap);
+        self.send_transfer(to, amount);
+        true
+    }
+
+    /// Initiator timer: start the next snapshot (unless too many are in flight).
+    pub fn on_snapshot_tick(&mut self, now: Micros) {
+        if !self.is_initiator() {
+            return;
+        }
+        let live = self.snapshots_pending() as usize;
+        if live >= self.cfg.live_snapshots_max {
+            self.ready.notices.push(Notice::SnapshotDeferred { live });
+            return;
+        }
+        let k = self.state.next_snapshot;
+        self.state.next_snapshot = SnapshotId(k.0 + 1);
+        self.ready.notices.push(Notice::SnapshotStarted(k));
+        self.record(k, now);
+        self.maybe_complete(k, now);
+    }
+
+    /// The outgoing link to `peer` is connected (its `epoch`-th time): resend what is pending.
+    pub fn on_link_up(&mut self, peer: BranchId, epoch: u64) {
+        self.out_link[peer.index()] = Some(epoch);
+        self.open_run[peer.index()] = None;
+        let link = Link::Out { epoch };
+        let mut markers = self.state.out[peer.index()].markers.iter().peekable();
+        let mut transfers = self.unacked[peer.index()].iter().peekable();
+        let mut run: Option<(Seq, Vec<Amount>)> = None;
+        let flush = |run: &mut Option<(Seq, Vec<Amount>)>, send: &mut Vec<Outgoing>| {
+            if let Some((first, amounts)) = run.take() {
+                send.push(Outgoing {
+                    to: peer,
+                    link,
+                    msg: Message::Transfers { first, amounts },
+                });
+            }
+        };
+        loop {
+            let next_marker_first = match (markers.peek(), transfers.peek()) {
+                (Some((_, after)), Some((seq, _))) => *after < *seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if next_marker_first {
+                let (k, after) = *markers.next().expect("peeked");
+                flush(&mut run, &mut self.ready.send);
+                self.ready.send.push(Outgoing {
+                    to: peer,
+                    link,
+                    msg: Message::Marker { snapshot: k, after },
+                });
+            } else {
+                let (seq, amount) = *transfers.next().expect("peeked");
+                match &mut run {
+                    Some((_, amounts)) if amounts.len() < TRANSFERS_PER_FRAME_MAX => {
+                        amounts.push(amount)
+                    }
+                    _ => {
+                        flush(&mut run, &mut self.ready.send);
+                        run = Some((seq, vec![amount]));
+                    }
+                }
+            }
+        }
+        flush(&mut run, &mut self.ready.send);
+        if peer == self.cfg.initiator {
+            for part in &self.unsent_parts {
+                self.ready.send.push(Outgoing {
+                    to: peer,
+                    link,
+                    msg: Message::Part(part.clone()),
+                });
+            }
+        }
+    }
+
+    /// The outgoing link to `peer` broke; nothing more is sent until it is up again.
+    pub fn on_link_down(&mut self, peer: BranchId) {
+        self.out_link[peer.index()] = None;
+        self.open_run[peer.index()] = None;
+    }
+
+    /// `peer` connected to us: tell it at once how far we are, so it can prune and resend.
+    pub fn on_inbound_up(&mut self, peer: BranchId) {
+        self.ack_due[peer.index()] = true;
+    }
+
+    /// A message from `from`. `Ack` arrives on the link we dialled; the rest on the link `from`
+    /// dialled. On error nothing changed.
+    pub fn on_message(
+        &mut self,
+        from: BranchId,
+        msg: Message,
+        now: Micros,
+    ) -> Result<(), ProtocolError> {
+        match msg {
+            Message::Transfers { first, amounts } => self.on_transfers(from, first, &amounts),
+            Message::Marker { snapshot, after } => self.on_marker(from, snapshot, after, now),
+            Message::Part(part) => self.on_part(from, part, now),
+            Message::Ack {
+                applied,
+                marker,
+                part,
+            } => self.on_ack(from, applied, marker, part),
+            Message::Hello { .. } => Err(ProtocolError::Unexpected("Hello")),
+        }
+    }
+
+    /// Everything the inputs since the last call produced.
+    pub fn take_ready(&mut self) -> Ready {
+        for p in 0..self.cfg.branches as usize {
+            if std::mem::take(&mut self.ack_due[p]) {
+                let inc = &self.state.inc[p];
+                self.ready.send.push(Outgoing {
+                    to: BranchId(p as u16),
+                    link: Link::In,
+                    msg: Message::Ack {
+                        applied: inc.applied,
+                        marker: inc.marker,
+                        part: inc.part,
+                    },
+                });
+            }
+        }
+        if std::mem::take(&mut self.dirty) {
+            self.ready.persist.state = Some(self.state.clone());
+        }
+        self.open_run.iter_mut().for_each(|r| *r = None);
+        std::mem::take(&mut self.ready)
+    }
+
+    // ---- transfers -------------------------------------------------------------------------
+
+    fn send_transfer(&mut self, to: BranchId, amount: Amount) {
+        debug_assert!(amount >= 1 && amount <= self.state.balance);
+        self.state.balance -= amount;
+        let out = &mut self.state.out[to.index()];
+        out.sent = out.sent.next();
+        let seq = out.sent;
+        self.unacked[to.index()].push_back((seq, amount));
+        self.ready.persist.transfers.push((to, seq, amount));
+        self.dirty = true;
+        let Some(epoch) = self.out_link[to.index()] else {
+            return;
+        };
+        if let Some(i) = self.open_run[to.index()] {
+            if let Message::Transfers { first, amounts } = &mut self.ready.send[i].msg {
+                if amounts.len() < TRANSFERS_PER_FRAME_MAX
+                    && first.0 + amounts.len() as u64 == seq.0
+                {
+                    amounts.push(amount);
+                    return;
+                }
+            }
+        }
+        self.open_run[to.index()] = Some(self.ready.send.len());
+        self.ready.send.push(Outgoing {
+            to,
+            link: Link::Out { epoch },
+            msg: Message::Transfers {
+                first: seq,
+                amounts: vec![amount],
+            },
+        });
+    }
+
+    fn on_transfers(
+        &mut self,
+        from: BranchId,
+        first: Seq,
+        amounts: &[Amount],
+    ) -> Result<(), ProtocolError> {
+        let p = from.index();
+        let mut seq = first;
+        for &amount in amounts {
+            let applied = self.state.inc[p].applied;
+            if seq <= applied {
+                // Duplicate of something already credited: acknowledge again, apply never.
+                self.ack_due[p] = true;
+            } else if seq == applied.next() {
+                self.state.balance = self
+                    .state
+                    .balance
+                    .checked_add(amount)
+                    .ok_or(ProtocolError::Overflow)?;
+                self.state.inc[p].applied = seq;
+                for rec in self.state.recording.values_mut() {
+                    let ch = &mut rec.inc[p];
+                    if ch.until.is_none() {
+                        ch.money += amount;
+                        ch.count += 1;
+                    }
+                }
+                self.ack_due[p] = true;
+                self.dirty = true;
+            } else {
+                // A gap: an earlier transfer was lost with a connection; the sender resends
+                // everything unacknowledged in order after reconnecting.
+                break;
+            }
+            seq = seq.next();
+        }
+        Ok(())
+    }
+
+    fn on_ack(
+        &mut self,
+        from: BranchId,
+        applied: Seq,
+        marker: SnapshotId,
+        part: SnapshotId,
+    ) -> Result<(), ProtocolError> {
+        let out = &self.state.out[from.index()];
+        if applied > out.sent {
+            return Err(ProtocolError::AckBeyondSent {
+                acked: applied,
+                sent: out.sent,
+            });
+        }
+        if marker > self.state.last_recorded {
+            return Err(ProtocolError::AckBeyondMarker(marker));
+        }
+        if part > self.state.parts_done {
+            return Err(ProtocolError::AckBeyondPart(part));
+        }
+        let out = &mut self.state.out[from.index()];
+        if applied > out.acked {
+            out.acked = applied;
+            let q = &mut self.unacked[from.index()];
+            while q.front().is_some_and(|(s, _)| *s <= applied) {
+                q.pop_front();
+            }
+            self.dirty = true;
+        }
+        if marker > out.marker_acked {
+            out.marker_acked = marker;
+            out.markers.retain(|(k, _)| *k > marker);
+            self.dirty = true;
+        }
+        if part > out.part_acked {
+            out.part_acked = part;
+            while self.unsent_parts.front().is_some_and(|p| p.snapshot <= part) {
+                self.unsent_parts.pop_front();
+            }
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    // ---- snapshots -------------------------------------------------------------------------
+
+    /// Chandy–Lamport marker-receiving rule.
+    fn on_marker(
+        &mut self,
+        from: BranchId,
+        k: SnapshotId,
+        after: Seq,
+        now: Micros,
+    ) -> Result<(), ProtocolError> {
+        let p = from.index();
+        let applied = self.state.inc[p].applied;
+        if k <= self.state.inc[p].marker {
+            self.ack_due[p] = true;
+            return Ok(());
+        }
+        if after > applied {
+            // Transfers before the marker are missing (lost with a connection): wait for the
+            // resend, which repeats the marker in its place.
+            return Ok(());
+        }
+        if after < applied {
+            return Err(ProtocolError::MarkerBehind {
+                snapshot: k,
+                after,
+                applied,
+            });
+        }
+        if !self.state.recording.contains_key(&k.0) {
+            if k <= self.state.last_recorded {
+                return Err(ProtocolError::StaleMarker(k));
+            }
+            // First marker for k: record our state, marker out on every channel.
+            self.record(k, now);
+        }
+        self.state.inc[p].marker = k;
+        self.ack_due[p] = true;
+        let rec = self
+            .state
+            .recording
+            .get_mut(&k.0)
+            .expect("recording exists");
+        let ch = &mut rec.inc[p];
+        debug_assert!(ch.until.is_none(), "one marker per snapshot per channel");
+        debug_assert_eq!(ch.applied_at_record.0 + ch.count, after.0);
+        ch.until = Some(after);
+        self.dirty = true;
+        self.maybe_complete(k, now);
+        Ok(())
+    }
+
+    /// Records the local state for snapshot `k` and sends a marker on every outgoing channel.
+    fn record(&mut self, k: SnapshotId, now: Micros) {
+        assert!(k > self.state.last_recorded, "snapshots are recorded in order");
+        let me = self.cfg.me.index();
+        let rec = Recording {
+            recorded_at: now,
+            balance: self.state.balance,
+            sent: self.state.out.iter().map(|o| o.sent).collect(),
+            inc: self
+                .state
+                .inc
+                .iter()
+                .enumerate()
+                .map(|(p, c)| ChannelRecording {
+                    applied_at_record: c.applied,
+                    until: (p == me).then_some(c.applied),
+                    money: 0,
+                    count: 0,
+                })
+                .collect(),
+        };
+        self.state.recording.insert(k.0, rec);
+        self.state.last_recorded = k;
+        self.dirty = true;
+        let peers: Vec<BranchId> = self.cfg.peers().collect();
+        for to in peers {
+            let out = &mut self.state.out[to.index()];
+            let after = out.sent;
+            out.markers.push((k, after));
+            self.open_run[to.index()] = None;
+            if let Some(epoch) = self.out_link[to.index()] {
+                self.ready.send.push(Outgoing {
+                    to,
+                    link: Link::Out { epoch },
+                    msg: Message::Marker { snapshot: k, after },
+                });
+            }
+        }
+    }
+
+    /// If every incoming channel of `k` is closed, the local part is done.
+    fn maybe_complete(&mut self, k: SnapshotId, now: Micros) {
+        let Some(rec) = self.state.recording.get(&k.0) else {
+            return;
+        };
+        if rec.inc.iter().any(|c| c.until.is_none()) {
+            return;
+        }
+        let rec = self.state.recording.remove(&k.0).expect("present");
+        let me = self.cfg.me;
+        let part = LocalPart {
+            snapshot: k,
+            branch: me,
+            recorded_at: rec.recorded_at,
+            balance: rec.balance,
+            sent: self.cfg.peers().map(|p| (p, rec.sent[p.index()])).collect(),
+            channels: self
+                .cfg
+                .peers()
+                .map(|p| {
+                    let c = &rec.inc[p.index()];
+                    let until = c.until.expect("closed");
+                    assert_eq!(c.applied_at_record.0 + c.count, until.0, "channel record");
+                    ChannelRecord {
+                        from: p,
+                        applied_at_record: c.applied_at_record,
+                        until,
+                        money: c.money,
+                        count: c.count,
+                    }
+                })
+                .collect(),
+        };
+        assert!(k > self.state.parts_done, "parts complete in order");
+        self.state.parts_done = k;
+        self.dirty = true;
+        self.ready.notices.push(Notice::PartRecorded(k));
+        self.ready.persist.parts.push(part.clone());
+        if self.is_initiator() {
+            self.collect(part, now);
+        } else {
+            let initiator = self.cfg.initiator;
+            if let Some(epoch) = self.out_link[initiator.index()] {
+                self.open_run[initiator.index()] = None;
+                self.ready.send.push(Outgoing {
+                    to: initiator,
+                    link: Link::Out { epoch },
+                    msg: Message::Part(part.clone()),
+                });
+            }
+            self.unsent_parts.push_back(part);
+        }
+    }
+
+    fn on_part(
+        &mut self,
+        from: BranchId,
+        part: LocalPart,
+        now: Micros,
+    ) -> Result<(), ProtocolError> {
+        if !self.is_initiator() {
+            return Err(ProtocolError::Unexpected("Part at a branch that is not the initiator"));
+        }
+        let p = from.index();
+        if part.snapshot <= self.state.inc[p].part {
+            self.ack_due[p] = true;
+            return Ok(());
+        }
+        self.check_part(from, &part)?;
+        self.state.inc[p].part = part.snapshot;
+        self.ack_due[p] = true;
+        self.dirty = true;
+        self.collect(part, now);
+        Ok(())
+    }
+
+    fn check_part(&self, from: BranchId, part: &LocalPart) -> Result<(), ProtocolError> {
+        let bad = |what: String| Err(ProtocolError::BadPart(what));
+        if part.branch != from {
+            return bad(format!("part of {} sent by {}", part.branch, from));
+        }
+        if part.snapshot >= self.state.next_snapshot {
+            return bad(format!("part of snapshot {} never started", part.snapshot));
+        }
+        let peers = self.cfg.branches as usize - 1;
+        if part.sent.len() != peers || part.channels.len() != peers {
+            return bad(format!("{} channels, expected {peers}", part.channels.len()));
+        }
+        let mut expect = (0..self.cfg.branches).map(BranchId).filter(|b| *b != from);
+        for (c, e) in part.channels.iter().zip(expect.clone()) {
+            if c.from != e || c.applied_at_record.0 + c.count != c.until.0 {
+                return bad(format!("channel record from {} is inconsistent", c.from));
+            }
+        }
+        if !part.sent.iter().all(|(b, _)| Some(*b) == expect.next()) {
+            return bad("outgoing channel list".to_string());
+        }
+        Ok(())
+    }
+
+    /// Initiator: keep `part`; when all branches' parts of its snapshot are in, assemble it.
+    fn collect(&mut self, part: LocalPart, now: Micros) {
+        let k = part.snapshot;
+        if k <= self.state.completed {
+            return;
+        }
+        self.ready.persist.collected.push(part.clone());
+        let parts = self.collected.entry(k).or_default();
+        parts.insert(part.branch, part);
+        if parts.len() < self.cfg.branches as usize {
+            return;
+        }
+        let parts: Vec<LocalPart> = self
+            .collected
+            .remove(&k)
+            .expect("present")
+            .into_values()
+            .collect();
+        let total: u128 = parts.iter().map(|p| p.money()).sum();
+        let started_at = parts[self.cfg.initiator.index()].recorded_at;
+        let global = GlobalSnapshot {
+            snapshot: k,
+            started_at,
+            completed_at: now.max(started_at),
+            expected_total: self.cfg.genesis_total(),
+            total,
+            parts,
+        };
+        self.ready.notices.push(Notice::SnapshotComplete {
+            snapshot: k,
+            duration_us: global.duration_us(),
+            total,
+            expected: global.expected_total,
+        });
+        self.state.completed = self.state.completed.max(k);
+        self.dirty = true;
+        self.ready.persist.globals.push(global);
+        self.ready.persist.uncollect.push(k);
+    }
+}

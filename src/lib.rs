@@ -1,0 +1,19 @@
+//! snapbank: a distributed bank whose branches move money over TCP, exactly once and durably,
+//! and take Chandy–Lamport global snapshots that survive crashes and partitions.
+//!
+//! Layout:
+//! - [`core`]: the branch protocol as a pure state machine (events in; persist, send, notices out)
+//! - [`wire`]: messages and their length-prefixed CBOR framing
+//! - [`store`]: durable state in sled (and an in-memory twin), key layout and migrations
+//! - [`net`]: the thin tokio shell that runs a core: listener, per-peer links, group commit
+//! - [`audit`]: global consistency checks over the stores of a stopped cluster
+//! - [`hosts`]: the `host.list` format; [`snapshot`]: snapshot data; [`types`]: newtypes
+
+pub mod audit;
+pub mod core;
+pub mod hosts;
+pub mod net;
+pub mod snapshot;
+pub mod store;
+pub mod types;
+pub mod wire;

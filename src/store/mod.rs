@@ -1,0 +1,501 @@
+//! Durable state of one branch: one key-value tree, values in CBOR.
+//!
+//! The key layout (schema v1, see `migrations/0001_initial.md`) keeps every write of a step in one
+//! tree so a whole [`WriteBatch`] is applied atomically and flushed once (group commit):
+//!
+//! | key                          | value                          |
+//! |------------------------------|--------------------------------|
+//! | `m:schema`                   | schema version (u32)           |
+//! | `m:identity`                 | [`Identity`]                   |
+//! | `s`                          | [`DurableState`]               |
+//! | `t` peer(u16 BE) seq(u64 BE) | amount of that outgoing transfer |
+//! | `p` snapshot(u64 BE)         | this branch's [`LocalPart`]    |
+//! | `c` snapshot(u64 BE) branch(u16 BE) | initiator: a collected part |
+//! | `g` snapshot(u64 BE)         | initiator: a [`GlobalSnapshot`] |
+//!
+//! [`BankStore`] holds the layout over any [`Kv`]: [`SledKv`] on disk, [`MemKv`] in memory (its
+//! twin for tests and the simulator: same keys, same encoding, same checks).
+
+mod kv;
+pub mod migrate;
+
+pub use kv::{Kv, KvError, MemKv, Op, SledKv};
+
+use crate::core::{CoreConfig, DurableState, Recovered, WriteBatch};
+use crate::hosts::HostList;
+use crate::snapshot::{GlobalSnapshot, LocalPart};
+use crate::types::{Amount, BranchId, Seq, SnapshotId};
+use crate::wire::fnv1a;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const KEY_SCHEMA: &[u8] = b"m:schema";
+const KEY_IDENTITY: &[u8] = b"m:identity";
+const KEY_STATE: &[u8] = b"s";
+
+/// Which cluster and which branch a store belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Stable hash of the branch list and initial balance; also checked in every handshake.
+    pub cluster_id: u64,
+    /// The host.list entries, canonical, in order.
+    pub branches: Vec<String>,
+    pub me: BranchId,
+    pub initial_balance: Amount,
+}
+
+impl Identity {
+    pub fn new(hosts: &HostList, me: BranchId, initial_balance: Amount) -> Identity {
+        let branches = hosts.canonical();
+        Identity {
+            cluster_id: cluster_id(&branches, initial_balance),
+            branches,
+            me,
+            initial_balance,
+        }
+    }
+
+    pub fn genesis_total(&self) -> Amount {
+        self.initial_balance * self.branches.len() as Amount
+    }
+
+    pub fn initiator(&self) -> BranchId {
+        let i = self.branches.iter().position(|b| b.ends_with(":S"));
+        BranchId(i.unwrap_or(0) as u16)
+    }
+
+    /// The directory name of a branch's store: `<ip>_<port>`.
+    pub fn branch_dir_name(entry: &str) -> String {
+        let addr = entry.strip_suffix(":S").unwrap_or(entry);
+        match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => format!("{}_{}", a.ip(), a.port()),
+            Err(_) => addr.replace([':', '[', ']'], "_"),
+        }
+    }
+}
+
+pub fn cluster_id(branches: &[String], initial_balance: Amount) -> u64 {
+    let text = format!("{}|{}", branches.join(" "), initial_balance);
+    fnv1a(text.as_bytes())
+}
+
+/// The store directory of branch `addr` under `data_dir`.
+pub fn branch_dir(data_dir: &Path, addr: std::net::SocketAddr) -> PathBuf {
+    data_dir.join(format!("{}_{}", addr.ip(), addr.port()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {0} is in use by a running branch (stop it first; sled allows one process per store)")]
+    Locked(PathBuf),
+    #[error("store {0} does not exist")]
+    NotFound(PathBuf),
+    #[error("{0} is not a snapbank store: {1}")]
+    NotAStore(PathBuf, String),
+    #[error("store {path} is corrupt: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("store {path} has schema v{found}, newer than this build supports (v{supported}); run a newer snapbank")]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("store {path} belongs to another cluster or branch: {what}")]
+    Mismatch { path: PathBuf, what: String },
+    #[error("store {path}: {what}")]
+    Io { path: PathBuf, what: String },
+}
+
+/// A branch's store over a key-value backend.
+pub struct BankStore<K: Kv> {
+    kv: K,
+    path: PathBuf,
+    identity: Identity,
+}
+
+pub type SledStore = BankStore<SledKv>;
+pub type MemStore = BankStore<MemKv>;
+
+impl SledStore {
+    /// Opens the store in `dir` for reading or running. With `create`, a missing store is created
+    /// for that identity and an existing one must match it; without, it must exist.
+    pub fn open(dir: &Path, create: Option<&Identity>) -> Result<SledStore, StoreError> {
+        let kv = SledKv::open(dir, create.is_some()).map_err(|e| kv_err(dir, e))?;
+        BankStore::with_kv(kv, dir.to_path_buf(), create)
+    }
+}
+
+impl MemStore {
+    pub fn new_mem(identity: &Identity) -> MemStore {
+        BankStore::with_kv(MemKv::default(), PathBuf::from("<memory>"), Some(identity))
+            .expect("a fresh in-memory store opens")
+    }
+}
+
+fn kv_err(path: &Path, e: KvError) -> StoreError {
+    match e {
+        KvError::Locked => StoreError::Locked(path.to_path_buf()),
+        KvError::NotFound => StoreError::NotFound(path.to_path_buf()),
+        KvError::NotAStore(w) => StoreError::NotAStore(path.to_path_buf(), w),
+        KvError::Corrupt(w) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            what: w,
+        },
+        KvError::Io(w) => StoreError::Io {
+            path: path.to_path_buf(),
+            what: w,
+        },
+    }
+}
+
+fn key_transfer(peer: BranchId, seq: Seq) -> [u8; 11] {
+    let mut k = [0u8; 11];
+    k[0] = b't';
+    k[1..3].copy_from_slice(&peer.0.to_be_bytes());
+    k[3..11].copy_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+fn key_part(k: SnapshotId) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = b'p';
+    key[1..9].copy_from_slice(&k.0.to_be_bytes());
+    key
+}
+
+fn key_global(k: SnapshotId) -> [u8; 9] {
+    let mut key = key_part(k);
+    key[0] = b'g';
+    key
+}
+
+fn key_collected(k: SnapshotId, b: BranchId) -> [u8; 11] {
+    let mut key = [0u8; 11];
+    key[0] = b'c';
+    key[1..9].copy_from_slice(&k.0.to_be_bytes());
+    key[9..11].copy_from_slice(&b.0.to_be_bytes());
+    key
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).expect("CBOR encoding into a Vec");
+    out
+}
+
+/// Sums of a stretch of the transfer log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogSum {
+    /// Entries found.
+    pub count: u64,
+    pub money: u128,
+    /// Whether the entries found are exactly `after+1 ..= upto`.
+    pub dense: bool,
+}
+
+impl<K: Kv> BankStore<K> {
+    fn with_kv(mut kv: K, path: PathBuf, create: Option<&Identity>) -> Result<Self, StoreError> {
+        let err = |e| kv_err(&path, e);
+        let schema: Option<u32> = match kv.get(KEY_SCHEMA).map_err(err)? {
+            Some(bytes) => Some(decode(&path, "schema version", &bytes)?),
+            None => None,
+        };
+        let identity = match (schema, create) {
+            (None, Some(id)) if kv.is_empty().map_err(err)? => {
+                kv.apply(
+                    vec![
+                        Op::Put(KEY_SCHEMA.to_vec(), enc(&SCHEMA_VERSION)),
+                        Op::Put(KEY_IDENTITY.to_vec(), enc(id)),
+                    ],
+                    true,
+                )
+                .map_err(err)?;
+                id.clone()
+            }
+            (None, _) => {
+                return Err(StoreError::NotAStore(
+                    path,
+                    "it holds no snapbank schema version".into(),
+                ))
+            }
+            (Some(v), _) => {
+                if v > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        path,
+                        found: v,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                if v < SCHEMA_VERSION {
+                    migrate::upgrade(&mut kv, v).map_err(|what| StoreError::Corrupt {
+                        path: path.clone(),
+                        what,
+                    })?;
+                }
+                let bytes = kv.get(KEY_IDENTITY).map_err(err)?.ok_or_else(|| {
+                    StoreError::Corrupt {
+                        path: path.clone(),
+                        what: "identity record missing".into(),
+                    }
+                })?;
+                let found: Identity = decode(&path, "identity", &bytes)?;
+                if let Some(want) = create {
+                    check_identity(&path, &found, want)?;
+                }
+                found
+            }
+        };
+        Ok(BankStore { kv, path, identity })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    fn kv_error(&self, e: KvError) -> StoreError {
+        kv_err(&self.path, e)
+    }
+
+    /// The persisted state, if the branch ever committed one.
+    pub fn state(&self) -> Result<Option<DurableState>, StoreError> {
+        match self.kv.get(KEY_STATE).map_err(|e| self.kv_error(e))? {
+            Some(b) => {
+                let st: DurableState = decode(&self.path, "branch state", &b)?;
+                let n = self.identity.branches.len();
+                if st.out.len() != n || st.inc.len() != n {
+                    return Err(self.corrupt(format!(
+                        "state has {} channels for {n} branches",
+                        st.out.len()
+                    )));
+                }
+                Ok(Some(st))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reloads everything a branch needs to carry on; a fresh store gives the genesis state.
+    pub fn recover(&self, cfg: &CoreConfig) -> Result<Recovered, StoreError> {
+        let Some(state) = self.state()? else {
+            return Ok(Recovered::genesis(cfg));
+        };
+        let mut rec = Recovered::genesis(cfg);
+        for p in 0..cfg.branches {
+            let peer = BranchId(p);
+            let out = &state.out[peer.index()];
+            let entries = self.log_entries(peer, out.acked, out.sent)?;
+            if entries.len() as u64 != out.sent.0 - out.acked.0 {
+                return Err(self.corrupt(format!(
+                    "transfer log to {peer} lacks unacknowledged entries ({} of {})",
+                    entries.len(),
+                    out.sent.0 - out.acked.0
+                )));
+            }
+            rec.unacked[peer.index()] = entries;
+        }
+        if cfg.me != cfg.initiator {
+            let acked = state.out[cfg.initiator.index()].part_acked;
+            rec.unsent_parts = self
+                .parts()?
+                .into_iter()
+                .filter(|p| p.snapshot > acked)
+                .collect();
+        }
+        rec.collected = self.collected()?;
+        rec.state = state;
+        Ok(rec)
+    }
+
+    /// Log entries `(after, upto]` to `peer`, in order.
+    pub fn log_entries(
+        &self,
+        peer: BranchId,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<Vec<(Seq, Amount)>, StoreError> {
+        let mut out = Vec::new();
+        if upto <= after {
+            return Ok(out);
+        }
+        let from = key_transfer(peer, after.next());
+        let to = key_transfer(peer, upto);
+        let path = self.path.clone();
+        self.kv
+            .for_range(&from, &to, &mut |k, v| {
+                let seq = Seq(u64::from_be_bytes(k[3..11].try_into().map_err(|_| {
+                    KvError::Corrupt("transfer key of wrong length".into())
+                })?));
+                let amount: Amount = decode(&path, "transfer amount", v)
+                    .map_err(|e| KvError::Corrupt(e.to_string()))?;
+                out.push((seq, amount));
+                Ok(())
+            })
+            .map_err(|e| self.kv_error(e))?;
+        Ok(out)
+    }
+
+    /// Count and money of the log entries `(after, upto]` to `peer`.
+    pub fn log_sum(&self, peer: BranchId, after: Seq, upto: Seq) -> Result<LogSum, StoreError> {
+        let mut sum = LogSum {
+            dense: true,
+            ..LogSum::default()
+        };
+        if upto <= after {
+            return Ok(sum);
+        }
+        let from = key_transfer(peer, after.next());
+        let to = key_transfer(peer, upto);
+        let path = self.path.clone();
+        let mut expect = after.next().0;
+        self.kv
+            .for_range(&from, &to, &mut |k, v| {
+                let seq = u64::from_be_bytes(k[3..11].try_into().map_err(|_| {
+                    KvError::Corrupt("transfer key of wrong length".into())
+                })?);
+                let amount: Amount = decode(&path, "transfer amount", v)
+                    .map_err(|e| KvError::Corrupt(e.to_string()))?;
+                if seq != expect {
+                    sum.dense = false;
+                }
+                expect = seq + 1;
+                sum.count += 1;
+                sum.money += amount as u128;
+                Ok(())
+            })
+            .map_err(|e| self.kv_error(e))?;
+        if sum.count != upto.0 - after.0 {
+            sum.dense = false;
+        }
+        Ok(sum)
+    }
+
+    /// This branch's completed local parts, by snapshot id.
+    pub fn parts(&self) -> Result<Vec<LocalPart>, StoreError> {
+        self.scan_values(b'p', "local part")
+    }
+
+    /// Initiator: the completed global snapshots, by id.
+    pub fn globals(&self) -> Result<Vec<GlobalSnapshot>, StoreError> {
+        self.scan_values(b'g', "global snapshot")
+    }
+
+    /// Initiator: parts collected for snapshots not yet complete.
+    pub fn collected(&self) -> Result<Vec<LocalPart>, StoreError> {
+        self.scan_values(b'c', "collected part")
+    }
+
+    fn scan_values<T: DeserializeOwned>(
+        &self,
+        prefix: u8,
+        what: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        let path = self.path.clone();
+        self.kv
+            .for_range(&[prefix], &[prefix, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], &mut |_, v| {
+                out.push(decode(&path, what, v).map_err(|e| KvError::Corrupt(e.to_string()))?);
+                Ok(())
+            })
+            .map_err(|e| self.kv_error(e))?;
+        Ok(out)
+    }
+
+    /// Makes a step's writes durable, atomically.
+    pub fn commit(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(batch.transfers.len() + 4);
+        for (peer, seq, amount) in &batch.transfers {
+            ops.push(Op::Put(key_transfer(*peer, *seq).to_vec(), enc(amount)));
+        }
+        for part in &batch.parts {
+            ops.push(Op::Put(key_part(part.snapshot).to_vec(), enc(part)));
+        }
+        for part in &batch.collected {
+            ops.push(Op::Put(
+                key_collected(part.snapshot, part.branch).to_vec(),
+                enc(part),
+            ));
+        }
+        for g in &batch.globals {
+            ops.push(Op::Put(key_global(g.snapshot).to_vec(), enc(g)));
+        }
+        for k in &batch.uncollect {
+            for b in 0..self.identity.branches.len() as u16 {
+                ops.push(Op::Del(key_collected(*k, BranchId(b)).to_vec()));
+            }
+        }
+        if let Some(st) = &batch.state {
+            ops.push(Op::Put(KEY_STATE.to_vec(), enc(st)));
+        }
+        self.kv.apply(ops, true).map_err(|e| self.kv_error(e))
+    }
+
+    /// Writes `state` as is (tools and tests that edit a stopped store).
+    pub fn put_state(&mut self, state: &DurableState) -> Result<(), StoreError> {
+        self.kv
+            .apply(vec![Op::Put(KEY_STATE.to_vec(), enc(state))], true)
+            .map_err(|e| self.kv_error(e))
+    }
+
+    /// Flushes everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush().map_err(|e| self.kv_error(e))
+    }
+}
+
+fn check_identity(path: &Path, found: &Identity, want: &Identity) -> Result<(), StoreError> {
+    let mismatch = |what: String| {
+        Err(StoreError::Mismatch {
+            path: path.to_path_buf(),
+            what,
+        })
+    };
+    if found.branches != want.branches {
+        return mismatch(format!(
+            "it was made with host.list [{}], but this host.list names [{}]",
+            found.branches.join(" "),
+            want.branches.join(" ")
+        ));
+    }
+    if found.me != want.me {
+        return mismatch(format!(
+            "it is the store of branch {}, not of {}",
+            found.branches[found.me.index().min(found.branches.len() - 1)],
+            want.branches[want.me.index().min(want.branches.len() - 1)]
+        ));
+    }
+    if found.initial_balance != want.initial_balance {
+        return mismatch(format!(
+            "it was made with --initial-balance {}, not {}",
+            found.initial_balance, want.initial_balance
+        ));
+    }
+    if found.cluster_id != want.cluster_id {
+        return mismatch("cluster id differs".into());
+    }
+    Ok(())
+}
+
+fn decode<T: DeserializeOwned>(path: &Path, what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    ciborium::from_reader(bytes).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        what: format!("undecodable {what}: {e}"),
+    })
+}

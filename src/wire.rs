@@ -1,0 +1,264 @@
+//! The messages branches exchange and their byte encoding.
+//!
+//! A frame on the wire is a 4-byte big-endian length followed by that many bytes of CBOR encoding
+//! one [`Message`]. Frames larger than [`FRAME_BYTES_MAX`] are refused before any allocation.
+//! Each TCP connection is dialled by the sender of one channel `i → j`: `i` sends `Hello`, then
+//! `Transfers`, `Marker` and `Part`; `j` answers `Hello` once and then only `Ack`.
+
+use crate::snapshot::LocalPart;
+use crate::types::{Amount, BranchId, Seq, SnapshotId};
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+/// Largest frame accepted or sent.
+pub const FRAME_BYTES_MAX: usize = 1 << 20;
+/// Most transfers carried by one `Transfers` message.
+pub const TRANSFERS_PER_FRAME_MAX: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First frame on a connection, both ways: who is talking, to whom, in which cluster.
+    Hello {
+        cluster: u64,
+        from: BranchId,
+        to: BranchId,
+    },
+    /// Transfers `first, first+1, …` on the sender's channel to the receiver.
+    Transfers { first: Seq, amounts: Vec<Amount> },
+    /// Chandy–Lamport marker for `snapshot`, placed after transfer `after` on this channel.
+    Marker { snapshot: SnapshotId, after: Seq },
+    /// A branch's completed part of a snapshot, sent to the initiator.
+    Part(LocalPart),
+    /// Cumulative acknowledgement from the receiver: everything up to these is durable.
+    Ack {
+        applied: Seq,
+        marker: SnapshotId,
+        part: SnapshotId,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the limit of {FRAME_BYTES_MAX}")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("invalid message: {0}")]
+    Invalid(String),
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Message {
+    /// Checks what the types cannot: bounds and non-zero amounts.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Message::Transfers { first, amounts } => {
+                if amounts.is_empty() || amounts.len() > TRANSFERS_PER_FRAME_MAX {
+                    return Err(WireError::Invalid(format!(
+                        "Transfers carries {} amounts (1..={TRANSFERS_PER_FRAME_MAX})",
+                        amounts.len()
+                    )));
+                }
+                if first.0 == 0 || first.0.checked_add(amounts.len() as u64).is_none() {
+                    return Err(WireError::Invalid(format!(
+                        "Transfers starts at seq {first}"
+                    )));
+                }
+                if amounts.contains(&0) {
+                    return Err(WireError::Invalid("Transfers carries amount 0".into()));
+                }
+                Ok(())
+            }
+            Message::Marker { snapshot, .. } if snapshot.0 == 0 => {
+                Err(WireError::Invalid("Marker for snapshot 0".into()))
+            }
+            Message::Part(p) if p.snapshot.0 == 0 => {
+                Err(WireError::Invalid("Part of snapshot 0".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        // Writing into a Vec cannot fail and every message type serializes.
+        ciborium::into_writer(self, &mut out).expect("CBOR encoding into a Vec");
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+        let msg: Message =
+            ciborium::from_reader(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+        msg.validate()?;
+        Ok(msg)
+    }
+}
+
+/// Length-prefixed CBOR frames carrying [`Message`]s.
+pub struct MessageCodec {
+    frames: LengthDelimitedCodec,
+}
+
+impl Default for MessageCodec {
+    fn default() -> Self {
+        MessageCodec {
+            frames: LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .max_frame_length(FRAME_BYTES_MAX)
+                .new_codec(),
+        }
+    }
+}
+
+impl Decoder for MessageCodec {
+    type Item = Message;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
+        match self.frames.decode(src) {
+            Ok(Some(frame)) => Message::decode(&frame).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(WireError::TooLarge(peek_len(src)))
+            }
+            Err(e) => Err(WireError::Io(e)),
+        }
+    }
+}
+
+fn peek_len(src: &BytesMut) -> usize {
+    match src.get(..4) {
+        Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
+        None => 0,
+    }
+}
+
+impl Encoder<&Message> for MessageCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), WireError> {
+        let bytes = msg.encode();
+        if bytes.len() > FRAME_BYTES_MAX {
+            return Err(WireError::TooLarge(bytes.len()));
+        }
+        self.frames
+            .encode(Bytes::from(bytes), dst)
+            .map_err(WireError::Io)
+    }
+}
+
+/// A stable 64-bit FNV-1a hash, used for the cluster id (must not change across builds).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::ChannelRecord;
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Hello {
+                cluster: 42,
+                from: BranchId(1),
+                to: BranchId(2),
+            },
+            Message::Transfers {
+                first: Seq(7),
+                amounts: vec![1, 100, 55],
+            },
+            Message::Marker {
+                snapshot: SnapshotId(3),
+                after: Seq(0),
+            },
+            Message::Part(LocalPart {
+                snapshot: SnapshotId(3),
+                branch: BranchId(1),
+                recorded_at: 99,
+                balance: 1000,
+                sent: vec![(BranchId(0), Seq(4))],
+                channels: vec![ChannelRecord {
+                    from: BranchId(0),
+                    applied_at_record: Seq(1),
+                    until: Seq(3),
+                    money: 20,
+                    count: 2,
+                }],
+            }),
+            Message::Ack {
+                applied: Seq(5),
+                marker: SnapshotId(2),
+                part: SnapshotId(1),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_the_codec() {
+        let mut codec = MessageCodec::default();
+        let mut buf = BytesMut::new();
+        for m in samples() {
+            codec.encode(&m, &mut buf).unwrap();
+        }
+        for m in samples() {
+            assert_eq!(codec.decode(&mut buf).unwrap(), Some(m));
+        }
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn partial_frame_is_incomplete_not_an_error() {
+        let mut codec = MessageCodec::default();
+        let mut full = BytesMut::new();
+        codec.encode(&samples()[1], &mut full).unwrap();
+        for cut in 0..full.len() {
+            let mut part = BytesMut::from(&full[..cut]);
+            assert!(codec.decode(&mut part).unwrap().is_none(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_without_allocating() {
+        let mut codec = MessageCodec::default();
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(WireError::TooLarge(_))));
+    }
+
+    #[test]
+    fn garbage_and_invalid_messages_are_errors() {
+        assert!(Message::decode(&[0xff, 0x00, 0x13]).is_err());
+        let zero = Message::Transfers {
+            first: Seq(1),
+            amounts: vec![0],
+        };
+        assert!(Message::decode(&zero.encode()).is_err());
+        let empty = Message::Transfers {
+            first: Seq(1),
+            amounts: vec![],
+        };
+        assert!(Message::decode(&empty.encode()).is_err());
+        let seq0 = Message::Transfers {
+            first: Seq(0),
+            amounts: vec![1],
+        };
+        assert!(Message::decode(&seq0.encode()).is_err());
+    }
+
+    #[test]
+    fn truncated_frames_never_panic() {
+        for m in samples() {
+            let bytes = m.encode();
+            for cut in 0..bytes.len() {
+                let _ = Message::decode(&bytes[..cut]);
+            }
+        }
+    }
+}
