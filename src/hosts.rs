@@ -220,7 +220,10 @@ mod tests {
         let h = parse("10.0.0.1:8000 10.0.0.1:8001 10.0.0.2:8003:S 10.0.0.2:8004").unwrap();
         assert_eq!(h.len(), 4);
         assert_eq!(h.initiator, BranchId(2));
-        assert_eq!(h.on_ip("10.0.0.2".parse().unwrap()), vec![BranchId(2), BranchId(3)]);
+        assert_eq!(
+            h.on_ip("10.0.0.2".parse().unwrap()),
+            vec![BranchId(2), BranchId(3)]
+        );
         assert!(h.on_ip("10.0.0.9".parse().unwrap()).is_empty());
     }
 
@@ -236,12 +239,36 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let cases = [
-            ("127.0.0.1:8000:S\n127.0.0.1:99999", "host.list:2:", "bad port"),
-            ("127.0.0.1:8000:S\n127.0.0.1:0", "host.list:2:", "bad port 0"),
-            ("127.0.0.1:8000:S\n\n127.0.0.1:8000", "host.list:3:", "duplicate"),
-            ("127.0.0.1:8000:S\n127.0.0.1:8001:S", "host.list:2:", "initiator"),
-            ("127.0.0.1:8000:S\nhello world", "host.list:2:", "expected HOST:PORT"),
-            ("127.0.0.1:8000:S\nlocalhost:8001", "host.list:2:", "not an IP"),
+            (
+                "127.0.0.1:8000:S\n127.0.0.1:99999",
+                "host.list:2:",
+                "bad port",
+            ),
+            (
+                "127.0.0.1:8000:S\n127.0.0.1:0",
+                "host.list:2:",
+                "bad port 0",
+            ),
+            (
+                "127.0.0.1:8000:S\n\n127.0.0.1:8000",
+                "host.list:3:",
+                "duplicate",
+            ),
+            (
+                "127.0.0.1:8000:S\n127.0.0.1:8001:S",
+                "host.list:2:",
+                "initiator",
+            ),
+            (
+                "127.0.0.1:8000:S\nhello world",
+                "host.list:2:",
+                "expected HOST:PORT",
+            ),
+            (
+                "127.0.0.1:8000:S\nlocalhost:8001",
+                "host.list:2:",
+                "not an IP",
+            ),
             ("127.0.0.1:8000:S\n[::1:8001", "host.list:2:", "unclosed"),
             ("127.0.0.1:8000:X", "host.list:1:", "bad port"),
         ];

@@ -10,6 +10,7 @@
 //! - [`hosts`]: the `host.list` format; [`snapshot`]: snapshot data; [`types`]: newtypes
 
 pub mod audit;
+pub mod cli;
 pub mod core;
 pub mod hosts;
 pub mod net;

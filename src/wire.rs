@@ -135,10 +135,10 @@ fn peek_len(src: &BytesMut) -> usize {
     }
 }
 
-impl Encoder<&Message> for MessageCodec {
+impl Encoder<Message> for MessageCodec {
     type Error = WireError;
 
-    fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), WireError> {
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), WireError> {
         let bytes = msg.encode();
         if bytes.len() > FRAME_BYTES_MAX {
             return Err(WireError::TooLarge(bytes.len()));
@@ -206,7 +206,7 @@ mod tests {
         let mut codec = MessageCodec::default();
         let mut buf = BytesMut::new();
         for m in samples() {
-            codec.encode(&m, &mut buf).unwrap();
+            codec.encode(m, &mut buf).unwrap();
         }
         for m in samples() {
             assert_eq!(codec.decode(&mut buf).unwrap(), Some(m));
@@ -218,7 +218,7 @@ mod tests {
     fn partial_frame_is_incomplete_not_an_error() {
         let mut codec = MessageCodec::default();
         let mut full = BytesMut::new();
-        codec.encode(&samples()[1], &mut full).unwrap();
+        codec.encode(samples()[1].clone(), &mut full).unwrap();
         for cut in 0..full.len() {
             let mut part = BytesMut::from(&full[..cut]);
             assert!(codec.decode(&mut part).unwrap().is_none(), "cut {cut}");
@@ -229,7 +229,10 @@ mod tests {
     fn oversized_length_is_refused_without_allocating() {
         let mut codec = MessageCodec::default();
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(WireError::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -350,6 +350,11 @@ impl Branch {
             .sum()
     }
 
+    /// Outgoing links currently up.
+    pub fn links_up(&self) -> usize {
+        self.out_link.iter().filter(|l| l.is_some()).count()
+    }
+
     pub fn snapshots_in_flight(&self) -> usize {
         self.state.recording.len()
     }
@@ -622,7 +627,11 @@ impl Branch {
         }
         if part > out.part_acked {
             out.part_acked = part;
-            while self.unsent_parts.front().is_some_and(|p| p.snapshot <= part) {
+            while self
+                .unsent_parts
+                .front()
+                .is_some_and(|p| p.snapshot <= part)
+            {
                 self.unsent_parts.pop_front();
             }
             self.dirty = true;
@@ -683,7 +692,10 @@ impl Branch {
 
     /// Records the local state for snapshot `k` and sends a marker on every outgoing channel.
     fn record(&mut self, k: SnapshotId, now: Micros) {
-        assert!(k > self.state.last_recorded, "snapshots are recorded in order");
+        assert!(
+            k > self.state.last_recorded,
+            "snapshots are recorded in order"
+        );
         let me = self.cfg.me.index();
         let rec = Recording {
             recorded_at: now,
@@ -782,7 +794,9 @@ impl Branch {
         now: Micros,
     ) -> Result<(), ProtocolError> {
         if !self.is_initiator() {
-            return Err(ProtocolError::Unexpected("Part at a branch that is not the initiator"));
+            return Err(ProtocolError::Unexpected(
+                "Part at a branch that is not the initiator",
+            ));
         }
         let p = from.index();
         if part.snapshot <= self.state.inc[p].part {
@@ -807,7 +821,10 @@ impl Branch {
         }
         let peers = self.cfg.branches as usize - 1;
         if part.sent.len() != peers || part.channels.len() != peers {
-            return bad(format!("{} channels, expected {peers}", part.channels.len()));
+            return bad(format!(
+                "{} channels, expected {peers}",
+                part.channels.len()
+            ));
         }
         let mut expect = (0..self.cfg.branches).map(BranchId).filter(|b| *b != from);
         for (c, e) in part.channels.iter().zip(expect.clone()) {

@@ -1,1 +1,647 @@
-//! Network shell.
+//! The tokio shell around a [`Branch`] core: it shuttles bytes and time, and decides nothing.
+//!
+//! Tasks:
+//! - one **core loop** ([`run_branch`]) owns the core and the store: it drains events from a
+//!   bounded inbox, feeds them to the core, commits the resulting [`WriteBatch`] (one atomic,
+//!   flushed batch per step: group commit), and only then hands the messages to the links;
+//! - one **outgoing link** task per peer dials it (retrying every 2 s, forever), handshakes, writes
+//!   the core's messages for that peer and reads its acknowledgements;
+//! - a **listener** accepts peers' connections; each inbound connection reads transfers, markers
+//!   and parts, and writes our acknowledgements back.
+//!
+//! [`WriteBatch`]: crate::core::WriteBatch
+
+mod pace;
+
+pub use pace::Pace;
+
+use crate::core::{Branch, CoreConfig, Link, Notice, Ready};
+use crate::hosts::HostList;
+use crate::store::{SledStore, StoreError};
+use crate::types::{BranchId, Micros};
+use crate::wire::{Message, MessageCodec, WireError};
+use futures::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// Bound on events queued for the core loop (back-pressure on readers).
+const INBOX_EVENTS_MAX: usize = 16 * 1024;
+/// Events handled per step before committing.
+const EVENTS_PER_STEP_MAX: usize = 4096;
+/// Transfers made per step at full speed.
+const TRANSFERS_PER_STEP_MAX: usize = 512;
+/// Time a peer gets to send its `Hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a branch runs, beyond the core's own configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub hosts: HostList,
+    pub core: CoreConfig,
+    pub cluster_id: u64,
+    pub pace: Pace,
+    pub snapshot_interval: Duration,
+    /// Wait between connection attempts to a peer.
+    pub reconnect_interval: Duration,
+    /// On shutdown, how long in-flight transfers get to be acknowledged.
+    pub settle: Duration,
+    /// How often to log a status line.
+    pub status_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a branch did, reported when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    pub balance: u64,
+    pub transfers_sent: u64,
+    pub transfers_applied: u64,
+    pub unacked: usize,
+    pub snapshots_completed: u64,
+}
+
+enum Event {
+    Message { from: BranchId, msg: Message },
+    LinkUp { peer: BranchId, epoch: u64 },
+    LinkDown { peer: BranchId },
+    InboundUp { peer: BranchId },
+}
+
+/// Acknowledgement writers of the current inbound connection from each peer.
+type InboundWriters = Arc<Mutex<Vec<Option<(u64, mpsc::UnboundedSender<Message>)>>>>;
+
+fn now_us() -> Micros {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs one branch until `shutdown` is cancelled; then stops making transfers, lets in-flight
+/// work settle for `settle`, flushes and returns.
+pub async fn run_branch(
+    cfg: NodeConfig,
+    mut store: SledStore,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, NodeError> {
+    let me = cfg.core.me;
+    let my_addr = cfg.hosts.addr(me);
+    let listener = TcpListener::bind(my_addr)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: my_addr,
+            source,
+        })?;
+    let recovered = store.recover(&cfg.core)?;
+    let mut core = Branch::new(cfg.core.clone(), recovered);
+    info!(
+        "branch {my_addr} ({me}) up: balance {}, {} unacknowledged transfers, last snapshot part {}",
+        core.balance(),
+        core.unacked_total(),
+        core.state().parts_done
+    );
+
+    let n = cfg.hosts.len();
+    let (inbox_tx, mut inbox) = mpsc::channel::<Event>(INBOX_EVENTS_MAX);
+    let links_stop = CancellationToken::new();
+    let inbound: InboundWriters = Arc::new(Mutex::new(vec![None; n]));
+
+    tokio::spawn(accept_loop(
+        listener,
+        cfg.clone(),
+        inbox_tx.clone(),
+        inbound.clone(),
+        links_stop.clone(),
+    ));
+    let mut out_links: Vec<Option<mpsc::UnboundedSender<(u64, Message)>>> = vec![None; n];
+    for p in 0..n as u16 {
+        let peer = BranchId(p);
+        if peer == me {
+            continue;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        out_links[peer.index()] = Some(tx);
+        tokio::spawn(outgoing_link(
+            cfg.clone(),
+            peer,
+            rx,
+            inbox_tx.clone(),
+            links_stop.clone(),
+        ));
+    }
+    drop(inbox_tx);
+
+    let mut pace_rng = StdRng::seed_from_u64(cfg.core.seed ^ 0x5eed);
+    let mut next_transfer = cfg
+        .pace
+        .next_wait(&mut pace_rng)
+        .map(|w| tokio::time::Instant::now() + w);
+    let mut snapshot_timer = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.snapshot_interval,
+        cfg.snapshot_interval,
+    );
+    snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_timer = tokio::time::interval(cfg.status_interval);
+    status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let full_speed = cfg.pace == Pace::FullSpeed;
+    let mut can_transfer = true;
+    let mut stop_at: Option<tokio::time::Instant> = None;
+    // The initiator takes a first snapshot as soon as it reaches every branch, then one per interval.
+    let mut first_snapshot_due = core.is_initiator();
+    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+
+    loop {
+        let stopping = stop_at.is_some();
+        let work_ready = full_speed && can_transfer && !stopping;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if !stopping => {
+                info!("branch {my_addr}: stopping; settling in-flight transfers");
+                stop_at = Some(tokio::time::Instant::now() + cfg.settle);
+            }
+            ev = inbox.recv() => match ev {
+                Some(ev) => handle_event(&mut core, ev),
+                None => break,
+            },
+            _ = snapshot_timer.tick(), if core.is_initiator() && !stopping => {
+                core.on_snapshot_tick(now_us());
+            }
+            _ = tokio::time::sleep_until(next_transfer.unwrap_or(far)), if next_transfer.is_some() && !stopping => {
+                core.on_transfer_tick();
+                next_transfer = cfg.pace.next_wait(&mut pace_rng).map(|w| tokio::time::Instant::now() + w);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(2)), if full_speed && !can_transfer && !stopping => {}
+            _ = std::future::ready(()), if work_ready => {}
+            _ = status_timer.tick() => log_status(&core, my_addr),
+            _ = tokio::time::sleep_until(stop_at.unwrap_or(far)), if stopping => break,
+        }
+        for _ in 0..EVENTS_PER_STEP_MAX {
+            match inbox.try_recv() {
+                Ok(ev) => handle_event(&mut core, ev),
+                Err(_) => break,
+            }
+        }
+        if first_snapshot_due && !stopping && core.links_up() + 1 == n {
+            first_snapshot_due = false;
+            core.on_snapshot_tick(now_us());
+            snapshot_timer.reset();
+        }
+        if full_speed && !stopping {
+            can_transfer = false;
+            for _ in 0..TRANSFERS_PER_STEP_MAX {
+                if !core.on_transfer_tick() {
+                    break;
+                }
+                can_transfer = true;
+            }
+        }
+        let ready = core.take_ready();
+        commit_then_send(&mut store, ready, &out_links, &inbound, my_addr)?;
+        if stopping && core.unacked_total() == 0 && core.snapshots_in_flight() == 0 {
+            break;
+        }
+    }
+    links_stop.cancel();
+    store.flush()?;
+    let st = core.state();
+    let summary = RunSummary {
+        balance: st.balance,
+        transfers_sent: st.out.iter().map(|o| o.sent.0).sum(),
+        transfers_applied: st.inc.iter().map(|i| i.applied.0).sum(),
+        unacked: core.unacked_total(),
+        snapshots_completed: st.completed.0,
+    };
+    info!(
+        "branch {my_addr} stopped: balance {}, sent {}, applied {}, unacknowledged {}",
+        summary.balance, summary.transfers_sent, summary.transfers_applied, summary.unacked
+    );
+    Ok(summary)
+}
+
+fn handle_event(core: &mut Branch, ev: Event) {
+    match ev {
+        Event::Message { from, msg } => {
+            if let Err(e) = core.on_message(from, msg, now_us()) {
+                warn!("protocol error from {from}: {e}; message ignored");
+            }
+        }
+        Event::LinkUp { peer, epoch } => core.on_link_up(peer, epoch),
+        Event::LinkDown { peer } => core.on_link_down(peer),
+        Event::InboundUp { peer } => core.on_inbound_up(peer),
+    }
+}
+
+/// The one place the durability rule is enforced: persist, then send, then log.
+fn commit_then_send(
+    store: &mut SledStore,
+    ready: Ready,
+    out_links: &[Option<mpsc::UnboundedSender<(u64, Message)>>],
+    inbound: &InboundWriters,
+    my_addr: SocketAddr,
+) -> Result<(), StoreError> {
+    if !ready.persist.is_empty() {
+        tokio::task::block_in_place(|| store.commit(&ready.persist))?;
+    }
+    if !ready.send.is_empty() {
+        let acks = inbound.lock().unwrap_or_else(|p| p.into_inner());
+        for out in ready.send {
+            match out.link {
+                Link::Out { epoch } => {
+                    if let Some(tx) = &out_links[out.to.index()] {
+                        let _ = tx.send((epoch, out.msg));
+                    }
+                }
+                Link::In => {
+                    if let Some((_, tx)) = &acks[out.to.index()] {
+                        let _ = tx.send(out.msg);
+                    }
+                }
+            }
+        }
+    }
+    for notice in ready.notices {
+        match notice {
+            Notice::SnapshotComplete {
+                snapshot,
+                duration_us,
+                total,
+                expected,
+            } => {
+                let ms = duration_us as f64 / 1000.0;
+                if total == expected as u128 {
+                    info!("snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected})");
+                } else {
+                    error!("snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected}): MONEY NOT CONSERVED");
+                }
+            }
+            Notice::SnapshotStarted(k) => debug!("snapshot {k} started"),
+            Notice::PartRecorded(k) => debug!("branch {my_addr}: part of snapshot {k} recorded"),
+            Notice::SnapshotDeferred { live } => {
+                warn!("snapshot deferred: {live} snapshots still in flight")
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_status(core: &Branch, addr: SocketAddr) {
+    let st = core.state();
+    info!(
+        "branch {addr}: balance {}, sent {}, applied {}, unacknowledged {}, snapshot parts {}{}",
+        st.balance,
+        st.out.iter().map(|o| o.sent.0).sum::<u64>(),
+        st.inc.iter().map(|i| i.applied.0).sum::<u64>(),
+        core.unacked_total(),
+        st.parts_done,
+        if core.is_initiator() {
+            format!(
+                ", snapshots completed {}, pending {}",
+                st.completed,
+                core.snapshots_pending()
+            )
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// Dials `peer` forever; while connected, writes the core's messages for it and reads its acks.
+async fn outgoing_link(
+    cfg: NodeConfig,
+    peer: BranchId,
+    mut rx: mpsc::UnboundedReceiver<(u64, Message)>,
+    inbox: mpsc::Sender<Event>,
+    stop: CancellationToken,
+) {
+    let me = cfg.core.me;
+    let addr = cfg.hosts.addr(peer);
+    let local_ip = cfg.hosts.addr(me).ip();
+    let mut epoch = 0u64;
+    let mut failures = 0u64;
+    loop {
+        let attempt = async {
+            let socket = if local_ip.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            // Bind to our own address so the peer sees which branch is calling.
+            socket.bind(SocketAddr::new(local_ip, 0))?;
+            let stream = socket.connect(addr).await?;
+            stream.set_nodelay(true)?;
+            handshake_dial(stream, &cfg, peer).await
+        };
+        let framed = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = attempt => r,
+        };
+        let framed = match framed {
+            Ok(f) => f,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 30 == 0 {
+                    info!(
+                        "connecting to {addr}: {e}; retrying every {:?}",
+                        cfg.reconnect_interval
+                    );
+                }
+                // Wait, dropping anything queued for the dead link (resent after reconnect).
+                let wait = tokio::time::sleep(cfg.reconnect_interval);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = &mut wait => break,
+                        m = rx.recv() => if m.is_none() { return },
+                    }
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        epoch += 1;
+        debug!("link to {addr} up (epoch {epoch})");
+        if inbox.send(Event::LinkUp { peer, epoch }).await.is_err() {
+            return;
+        }
+        let (mut sink, mut stream) = framed.split();
+        let reason: String = loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = sink.flush().await;
+                    return;
+                }
+                m = rx.recv() => {
+                    let Some((e, msg)) = m else { return };
+                    if e != epoch {
+                        continue;
+                    }
+                    if let Err(err) = sink.feed(msg).await {
+                        break err.to_string();
+                    }
+                    let mut failed = None;
+                    while let Ok((e, msg)) = rx.try_recv() {
+                        if e == epoch {
+                            if let Err(err) = sink.feed(msg).await {
+                                failed = Some(err.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(err) = failed {
+                        break err;
+                    }
+                    if let Err(err) = sink.flush().await {
+                        break err.to_string();
+                    }
+                }
+                f = stream.next() => match f {
+                    Some(Ok(msg @ Message::Ack { .. })) => {
+                        if inbox.send(Event::Message { from: peer, msg }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(other)) => break format!("unexpected {} from the receiver", kind(&other)),
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "closed by peer".to_string(),
+                }
+            }
+        };
+        info!("link to {addr} broken: {reason}; reconnecting");
+        if inbox.send(Event::LinkDown { peer }).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Hello { .. } => "Hello",
+        Message::Transfers { .. } => "Transfers",
+        Message::Marker { .. } => "Marker",
+        Message::Part(_) => "Part",
+        Message::Ack { .. } => "Ack",
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("no Hello within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout,
+    #[error("closed during handshake")]
+    Closed,
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+async fn handshake_dial(
+    stream: TcpStream,
+    cfg: &NodeConfig,
+    peer: BranchId,
+) -> Result<Framed<TcpStream, MessageCodec>, HandshakeError> {
+    let me = cfg.core.me;
+    let mut framed = Framed::new(stream, MessageCodec::default());
+    framed
+        .send(Message::Hello {
+            cluster: cfg.cluster_id,
+            from: me,
+            to: peer,
+        })
+        .await?;
+    let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
+        .await
+        .map_err(|_| HandshakeError::Timeout)?;
+    match reply {
+        Some(Ok(Message::Hello { cluster, from, to }))
+            if cluster == cfg.cluster_id && from == peer && to == me =>
+        {
+            Ok(framed)
+        }
+        Some(Ok(Message::Hello { cluster, from, .. })) => Err(HandshakeError::Refused(format!(
+            "answered as {from} of cluster {cluster:016x}, expected {peer} of {:016x}",
+            cfg.cluster_id
+        ))),
+        Some(Ok(other)) => Err(HandshakeError::Refused(format!(
+            "answered {} instead of Hello",
+            kind(&other)
+        ))),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(HandshakeError::Closed),
+    }
+}
+
+static CONN_IDS: AtomicU64 = AtomicU64::new(1);
+
+async fn accept_loop(
+    listener: TcpListener,
+    cfg: NodeConfig,
+    inbox: mpsc::Sender<Event>,
+    inbound: InboundWriters,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                tokio::spawn(inbound_conn(
+                    stream,
+                    remote,
+                    cfg.clone(),
+                    inbox.clone(),
+                    inbound.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One connection a peer dialled to us: handshake, then transfers/markers/parts in, acks out.
+async fn inbound_conn(
+    stream: TcpStream,
+    remote: SocketAddr,
+    cfg: NodeConfig,
+    inbox: mpsc::Sender<Event>,
+    inbound: InboundWriters,
+    stop: CancellationToken,
+) {
+    let me = cfg.core.me;
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, MessageCodec::default());
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await {
+        Ok(Some(Ok(m))) => m,
+        Ok(Some(Err(e))) => {
+            warn!("connection from {remote} refused: bad first frame: {e}");
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            warn!("connection from {remote} refused: no Hello within {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+    };
+    let peer = match check_hello(&cfg, &hello, remote) {
+        Ok(p) => p,
+        Err(why) => {
+            warn!("connection from {remote} refused: {why}");
+            return;
+        }
+    };
+    let reply = Message::Hello {
+        cluster: cfg.cluster_id,
+        from: me,
+        to: peer,
+    };
+    if framed.send(reply).await.is_err() {
+        return;
+    }
+    let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Message>();
+    {
+        let mut w = inbound.lock().unwrap_or_else(|p| p.into_inner());
+        // A newer connection from the same peer replaces the old one; the old reader stops.
+        w[peer.index()] = Some((conn_id, ack_tx));
+    }
+    if inbox.send(Event::InboundUp { peer }).await.is_err() {
+        return;
+    }
+    let (mut sink, mut stream) = framed.split();
+    let reason = loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = sink.flush().await;
+                return;
+            }
+            a = ack_rx.recv() => match a {
+                Some(msg) => {
+                    let mut res = sink.feed(msg).await;
+                    while let (true, Ok(m)) = (res.is_ok(), ack_rx.try_recv()) {
+                        res = sink.feed(m).await;
+                    }
+                    if let Err(e) = res.and(sink.flush().await) {
+                        break e.to_string();
+                    }
+                }
+                // Replaced by a newer connection from the same peer.
+                None => break "replaced by a newer connection".to_string(),
+            },
+            f = stream.next() => match f {
+                Some(Ok(msg @ (Message::Transfers { .. } | Message::Marker { .. } | Message::Part(_)))) => {
+                    if inbox.send(Event::Message { from: peer, msg }).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(other)) => break format!("unexpected {} from the sender", kind(&other)),
+                Some(Err(e)) => break e.to_string(),
+                None => break "closed by peer".to_string(),
+            }
+        }
+    };
+    debug!("inbound connection from {remote} ({peer}) ended: {reason}");
+    let mut w = inbound.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(&w[peer.index()], Some((id, _)) if *id == conn_id) {
+        w[peer.index()] = None;
+    }
+}
+
+fn check_hello(cfg: &NodeConfig, hello: &Message, remote: SocketAddr) -> Result<BranchId, String> {
+    let me = cfg.core.me;
+    let Message::Hello { cluster, from, to } = hello else {
+        return Err(format!("first frame is {}, not Hello", kind(hello)));
+    };
+    if *cluster != cfg.cluster_id {
+        return Err(format!(
+            "cluster {cluster:016x} is not ours ({:016x}); check host.list and --initial-balance",
+            cfg.cluster_id
+        ));
+    }
+    if from.index() >= cfg.hosts.len() || *from == me {
+        return Err(format!("unknown branch {from}"));
+    }
+    if *to != me {
+        return Err(format!("it wanted branch {to}, this is {me}"));
+    }
+    let expected_ip = cfg.hosts.addr(*from).ip();
+    if remote.ip() != expected_ip {
+        return Err(format!(
+            "claims to be {} but connects from {}",
+            cfg.hosts.addr(*from),
+            remote.ip()
+        ));
+    }
+    Ok(*from)
+}

@@ -236,12 +236,13 @@ impl<K: Kv> BankStore<K> {
                         what,
                     })?;
                 }
-                let bytes = kv.get(KEY_IDENTITY).map_err(err)?.ok_or_else(|| {
-                    StoreError::Corrupt {
-                        path: path.clone(),
-                        what: "identity record missing".into(),
-                    }
-                })?;
+                let bytes =
+                    kv.get(KEY_IDENTITY)
+                        .map_err(err)?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            path: path.clone(),
+                            what: "identity record missing".into(),
+                        })?;
                 let found: Identity = decode(&path, "identity", &bytes)?;
                 if let Some(want) = create {
                     check_identity(&path, &found, want)?;
@@ -364,9 +365,11 @@ impl<K: Kv> BankStore<K> {
         let mut expect = after.next().0;
         self.kv
             .for_range(&from, &to, &mut |k, v| {
-                let seq = u64::from_be_bytes(k[3..11].try_into().map_err(|_| {
-                    KvError::Corrupt("transfer key of wrong length".into())
-                })?);
+                let seq = u64::from_be_bytes(
+                    k[3..11]
+                        .try_into()
+                        .map_err(|_| KvError::Corrupt("transfer key of wrong length".into()))?,
+                );
                 let amount: Amount = decode(&path, "transfer amount", v)
                     .map_err(|e| KvError::Corrupt(e.to_string()))?;
                 if seq != expect {
@@ -407,10 +410,16 @@ impl<K: Kv> BankStore<K> {
         let mut out = Vec::new();
         let path = self.path.clone();
         self.kv
-            .for_range(&[prefix], &[prefix, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], &mut |_, v| {
-                out.push(decode(&path, what, v).map_err(|e| KvError::Corrupt(e.to_string()))?);
-                Ok(())
-            })
+            .for_range(
+                &[prefix],
+                &[
+                    prefix, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                ],
+                &mut |_, v| {
+                    out.push(decode(&path, what, v).map_err(|e| KvError::Corrupt(e.to_string()))?);
+                    Ok(())
+                },
+            )
             .map_err(|e| self.kv_error(e))?;
         Ok(out)
     }

@@ -1,0 +1,195 @@
+//! `snapctl`: inspect and audit the stores of a stopped snapbank cluster.
+
+use clap::{Parser, Subcommand};
+use snapbank::audit::{audit, AuditError, Cluster};
+use snapbank::cli::{format_audit, DataDir};
+use snapbank::hosts::HostList;
+use snapbank::snapshot::GlobalSnapshot;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Audit and inspect snapbank stores. Exit codes: 0 consistent, 1 a violation, 2 cannot read.
+#[derive(Parser, Debug)]
+#[command(name = "snapctl", version)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check that no money was lost or created: snapshots, channels, ledger and current state.
+    Audit {
+        #[command(flatten)]
+        data: DataDir,
+        /// Cross-check the stores against this host.list (default: the branch list they record).
+        #[arg(long, value_name = "FILE")]
+        hosts: Option<PathBuf>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List completed global snapshots.
+    Snapshots {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long, value_name = "FILE")]
+        hosts: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.cmd {
+        Cmd::Audit { data, hosts, json } => cmd_audit(&data, hosts, json),
+        Cmd::Snapshots { data, hosts, json } => cmd_snapshots(&data, hosts, json),
+    }
+}
+
+fn load_hosts(path: Option<PathBuf>) -> Result<Option<HostList>, ExitCode> {
+    match path {
+        None => Ok(None),
+        Some(p) => HostList::load(&p).map(Some).map_err(|e| {
+            eprintln!("snapctl: error: {e}");
+            ExitCode::from(2)
+        }),
+    }
+}
+
+fn cannot_read(e: AuditError) -> ExitCode {
+    eprintln!("snapctl: error: {e}");
+    ExitCode::from(2)
+}
+
+fn cmd_audit(data: &DataDir, hosts: Option<PathBuf>, json: bool) -> ExitCode {
+    let hosts = match load_hosts(hosts) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let report = match audit(&data.data_dir, hosts.as_ref()) {
+        Ok(r) => r,
+        Err(e) => return cannot_read(e),
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("snapctl: error: cannot encode the report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", format_audit(&report));
+    }
+    if report.consistent {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn cmd_snapshots(data: &DataDir, hosts: Option<PathBuf>, json: bool) -> ExitCode {
+    let hosts = match load_hosts(hosts) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let cluster = match Cluster::open(&data.data_dir, hosts.as_ref()) {
+        Ok(c) => c,
+        Err(e) => return cannot_read(e),
+    };
+    let globals = match cluster.initiator().globals() {
+        Ok(g) => g,
+        Err(e) => return cannot_read(e.into()),
+    };
+    if json {
+        let list: Vec<serde_json::Value> = globals
+            .iter()
+            .map(|g| snapshot_json(g, &cluster.names))
+            .collect();
+        match serde_json::to_string_pretty(&list) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("snapctl: error: cannot encode: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if globals.is_empty() {
+        println!("no completed snapshots");
+        return ExitCode::SUCCESS;
+    }
+    let mut header = format!(
+        "{:>6}  {:<24}  {:>10}  {:>12}",
+        "id", "started", "duration", "total"
+    );
+    for name in &cluster.names {
+        header.push_str(&format!("  {:>22}", name));
+    }
+    println!("{header}");
+    for g in &globals {
+        let mut line = format!(
+            "{:>6}  {:<24}  {:>8.1}ms  {:>12}",
+            g.snapshot.0,
+            rfc3339(g.started_at),
+            g.duration_us() as f64 / 1000.0,
+            g.total
+        );
+        for p in &g.parts {
+            let chan: u128 = p.channels.iter().map(|c| c.money as u128).sum();
+            line.push_str(&format!("  {:>22}", format!("{} + {}", p.balance, chan)));
+        }
+        if !g.conserves_money() {
+            line.push_str(&format!("  (expected {})", g.expected_total));
+        }
+        println!("{line}");
+    }
+    println!("(per branch: balance + money recorded in its incoming channels)");
+    ExitCode::SUCCESS
+}
+
+fn rfc3339(us: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_micros(us);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn snapshot_json(g: &GlobalSnapshot, names: &[String]) -> serde_json::Value {
+    let branches: Vec<serde_json::Value> = g
+        .parts
+        .iter()
+        .map(|p| {
+            let channels: Vec<serde_json::Value> = p
+                .channels
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "from": names.get(c.from.index()).cloned().unwrap_or_default(),
+                        "money": c.money,
+                        "transfers": c.count,
+                        "after_seq": c.applied_at_record.0,
+                        "until_seq": c.until.0,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "branch": names.get(p.branch.index()).cloned().unwrap_or_default(),
+                "balance": p.balance,
+                "channel_money": p.channels.iter().map(|c| c.money as u128).sum::<u128>(),
+                "channels": channels,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": g.snapshot.0,
+        "started": rfc3339(g.started_at),
+        "started_us": g.started_at,
+        "completed_us": g.completed_at,
+        "duration_ms": g.duration_us() as f64 / 1000.0,
+        "total": g.total,
+        "expected_total": g.expected_total,
+        "branches": branches,
+    })
+}

@@ -1,0 +1,183 @@
+//! `start_bank IP`: start one `bank` process per branch of host.list on this IP.
+
+use clap::Parser;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use snapbank::audit::audit;
+use snapbank::cli::{format_audit, BranchFlags, DataDir};
+use snapbank::hosts::HostList;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// Start every branch of host.list that lives on IP (one `bank` process each), forward
+/// Ctrl-C/SIGTERM to them and exit when they have. Flags after IP that start_bank does not take
+/// itself are the `bank` flags, passed to every branch.
+#[derive(Parser, Debug)]
+#[command(name = "start_bank", version)]
+struct Args {
+    /// The IP address whose branches to start.
+    ip: IpAddr,
+    /// The cluster's branch list.
+    #[arg(long, default_value = "host.list", value_name = "FILE")]
+    hosts: PathBuf,
+    #[command(flatten)]
+    data: DataDir,
+    /// Stop the branches gracefully after this long and print the audit of their stores.
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    run_for: Option<Duration>,
+    #[command(flatten)]
+    flags: BranchFlags,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("start_bank: error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("start_bank: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Branch {
+    addr: String,
+    child: Child,
+    status: Option<std::process::ExitStatus>,
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let hosts = HostList::load(&args.hosts)?;
+    let mine = hosts.on_ip(args.ip);
+    if mine.is_empty() {
+        anyhow::bail!(
+            "no branch of {} is on {} (it lists {})",
+            args.hosts.display(),
+            args.ip,
+            hosts
+        );
+    }
+    let bank = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("bank"))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("cannot find the `bank` binary next to start_bank"))?;
+    let mut branches = Vec::new();
+    for id in &mine {
+        let addr = hosts.addr(*id).to_string();
+        let mut cmd = Command::new(&bank);
+        cmd.arg(&addr)
+            .arg("--hosts")
+            .arg(&args.hosts)
+            .arg("--data-dir")
+            .arg(&args.data.data_dir)
+            .args(args.flags.to_args(id.0 as u64))
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start bank {addr}: {e}"))?;
+        eprintln!(
+            "start_bank: started bank {addr} (pid {})",
+            child.id().unwrap_or(0)
+        );
+        branches.push(Branch {
+            addr,
+            child,
+            status: None,
+        });
+    }
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let deadline = args.run_for.map(|d| tokio::time::Instant::now() + d);
+    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let mut stopping = false;
+    loop {
+        if branches.iter().all(|b| b.status.is_some()) {
+            break;
+        }
+        let wait_any = async {
+            loop {
+                for (i, b) in branches.iter_mut().enumerate() {
+                    if b.status.is_none() {
+                        if let Ok(Some(st)) = b.child.try_wait() {
+                            return (i, st);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            (i, st) = wait_any => {
+                let b = &mut branches[i];
+                b.status = Some(st);
+                if !stopping || !st.success() {
+                    eprintln!("start_bank: bank {} exited: {st}", b.addr);
+                }
+            }
+            _ = int.recv() => { stopping = true; signal_all(&branches, Signal::SIGINT); }
+            _ = term.recv() => { stopping = true; signal_all(&branches, Signal::SIGTERM); }
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && !stopping => {
+                eprintln!("start_bank: {} elapsed, stopping the branches", humantime::format_duration(args.run_for.unwrap_or_default()));
+                stopping = true;
+                signal_all(&branches, Signal::SIGTERM);
+            }
+        }
+    }
+    let failed: Vec<&Branch> = branches
+        .iter()
+        .filter(|b| !b.status.is_some_and(|s| s.success()))
+        .collect();
+    for b in &failed {
+        eprintln!(
+            "start_bank: bank {} failed ({})",
+            b.addr,
+            b.status.map_or("unknown".to_string(), |s| s.to_string())
+        );
+    }
+    let mut code = if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if args.run_for.is_some() {
+        match audit(&args.data.data_dir, Some(&hosts)) {
+            Ok(report) => {
+                println!("{}", format_audit(&report));
+                if !report.consistent {
+                    code = ExitCode::FAILURE;
+                }
+            }
+            Err(e) => {
+                eprintln!("start_bank: error: audit: {e}");
+                code = ExitCode::from(2);
+            }
+        }
+    }
+    Ok(code)
+}
+
+fn signal_all(branches: &[Branch], sig: Signal) {
+    for b in branches {
+        if b.status.is_none() {
+            if let Some(pid) = b.child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), sig);
+            }
+        }
+    }
+}

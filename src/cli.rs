@@ -1,0 +1,149 @@
+//! Pieces the binaries share: the branch flags (taken by `bank` and forwarded by `start_bank`),
+//! logging set-up and the audit's human output.
+
+use crate::audit::AuditReport;
+use crate::net::Pace;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of one branch daemon.
+#[derive(Args, Clone, Debug)]
+pub struct BranchFlags {
+    /// Money each branch starts with.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub initial_balance: u64,
+    /// Largest single transfer (each is 1..=min(this, balance)).
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_amount: u64,
+    /// Time between transfers: a range like `2s..5s`, a fixed `10ms`, or `0s` for as fast as possible.
+    #[arg(long, default_value = "1ms..5ms", value_name = "RANGE")]
+    pub transfer_interval: Pace,
+    /// Time between snapshots started by the initiator.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub snapshot_interval: Duration,
+    /// Seed of the transfer generator (random if not given; logged so a run can be repeated).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Unacknowledged transfers allowed per outgoing channel (flow control).
+    #[arg(long, default_value_t = 8192, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub unacked_max: u64,
+    /// On SIGINT/SIGTERM, how long in-flight transfers get to be acknowledged before exit.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+}
+
+impl BranchFlags {
+    /// The flags as `bank` arguments; `seed_offset` gives each branch of a host its own seed.
+    pub fn to_args(&self, seed_offset: u64) -> Vec<String> {
+        let mut a = vec![
+            "--initial-balance".to_string(),
+            self.initial_balance.to_string(),
+            "--max-amount".to_string(),
+            self.max_amount.to_string(),
+            "--transfer-interval".to_string(),
+            self.transfer_interval.to_string(),
+            "--snapshot-interval".to_string(),
+            humantime::format_duration(self.snapshot_interval).to_string(),
+            "--unacked-max".to_string(),
+            self.unacked_max.to_string(),
+            "--settle".to_string(),
+            humantime::format_duration(self.settle).to_string(),
+        ];
+        if let Some(seed) = self.seed {
+            a.push("--seed".to_string());
+            a.push(seed.wrapping_add(seed_offset).to_string());
+        }
+        if let Some(level) = &self.log_level {
+            a.push("--log-level".to_string());
+            a.push(level.clone());
+        }
+        a
+    }
+}
+
+fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e}"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_string());
+    }
+    Ok(d)
+}
+
+/// Where stores live.
+#[derive(Args, Clone, Debug)]
+pub struct DataDir {
+    /// Directory holding one store per branch (`DIR/<ip>_<port>`).
+    #[arg(long, default_value = "data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+}
+
+/// Logs to stderr; `level` (if any) wins over `RUST_LOG`, default `info`.
+pub fn init_logging(level: Option<&str>) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| format!("bad --log-level '{l}': {e}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+/// The audit as a table for people.
+pub fn format_audit(r: &AuditReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let w = r
+        .branches
+        .iter()
+        .map(|b| b.branch.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>14}  {:>12}  {:>12}  {:>9}  {:>12}  {:>6}",
+        "branch", "balance", "sent", "applied", "in flight", "flight money", "parts"
+    );
+    for b in &r.branches {
+        let _ = writeln!(
+            s,
+            "{:<w$}  {:>14}  {:>12}  {:>12}  {:>9}  {:>12}  {:>6}",
+            b.branch,
+            b.balance,
+            b.sent,
+            b.applied,
+            b.in_flight,
+            b.in_flight_money,
+            b.snapshot_parts
+        );
+    }
+    let _ = writeln!(
+        s,
+        "total {} (expected {}); transfers applied {}; snapshots checked {} (last {}, pending {})",
+        r.current_total,
+        r.expected_total,
+        r.transfers,
+        r.snapshots_checked,
+        r.last_snapshot
+            .map_or("none".to_string(), |k| k.to_string()),
+        r.snapshots_pending
+    );
+    if r.consistent {
+        let _ = writeln!(s, "audit: CONSISTENT");
+    } else {
+        let _ = writeln!(s, "audit: INCONSISTENT, {} violations:", r.violations.len());
+        for v in &r.violations {
+            let _ = writeln!(s, "  - {v}");
+        }
+    }
+    s
+}
