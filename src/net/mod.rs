@@ -172,16 +172,14 @@ pub async fn run_branch(
     loop {
         let stopping = stop_at.is_some();
         let work_ready = full_speed && can_transfer && !stopping;
+        // Biased: stop and timers first (they fire rarely), so a busy inbox cannot starve them.
         tokio::select! {
             biased;
             _ = shutdown.cancelled(), if !stopping => {
                 info!("branch {my_addr}: stopping; settling in-flight transfers");
                 stop_at = Some(tokio::time::Instant::now() + cfg.settle);
             }
-            ev = inbox.recv() => match ev {
-                Some(ev) => handle_event(&mut core, ev),
-                None => break,
-            },
+            _ = tokio::time::sleep_until(stop_at.unwrap_or(far)), if stopping => break,
             _ = snapshot_timer.tick(), if core.is_initiator() && !stopping => {
                 core.on_snapshot_tick(now_us());
             }
@@ -189,10 +187,13 @@ pub async fn run_branch(
                 core.on_transfer_tick();
                 next_transfer = cfg.pace.next_wait(&mut pace_rng).map(|w| tokio::time::Instant::now() + w);
             }
-            _ = tokio::time::sleep(Duration::from_millis(2)), if full_speed && !can_transfer && !stopping => {}
-            _ = std::future::ready(()), if work_ready => {}
             _ = status_timer.tick() => log_status(&core, my_addr),
-            _ = tokio::time::sleep_until(stop_at.unwrap_or(far)), if stopping => break,
+            _ = std::future::ready(()), if work_ready => {}
+            _ = tokio::time::sleep(Duration::from_millis(2)), if full_speed && !can_transfer && !stopping => {}
+            ev = inbox.recv() => match ev {
+                Some(ev) => handle_event(&mut core, ev),
+                None => break,
+            },
         }
         for _ in 0..EVENTS_PER_STEP_MAX {
             match inbox.try_recv() {

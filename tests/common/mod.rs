@@ -1,0 +1,242 @@
+//! A loopback cluster of real `bank` processes for end-to-end tests.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BANK: &str = env!("CARGO_BIN_EXE_bank");
+pub const SNAPCTL: &str = env!("CARGO_BIN_EXE_snapctl");
+pub const START_BANK: &str = env!("CARGO_BIN_EXE_start_bank");
+
+/// Ports free right now on 127.0.0.1 (the listeners are closed again before returning).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub ports: Vec<u16>,
+    pub children: Vec<Option<Child>>,
+    pub args: Vec<String>,
+}
+
+impl Cluster {
+    /// `n` branches on 127.0.0.1, the first the initiator; `args` are passed to every bank.
+    pub fn new(n: usize, args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(n);
+        let text: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if i == 0 {
+                    format!("127.0.0.1:{p}:S\n")
+                } else {
+                    format!("127.0.0.1:{p}\n")
+                }
+            })
+            .collect();
+        std::fs::write(dir.path().join("host.list"), text).expect("write host.list");
+        Cluster {
+            dir,
+            ports,
+            children: (0..n).map(|_| None).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn hosts(&self) -> PathBuf {
+        self.dir.path().join("host.list")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    pub fn store_dir(&self, i: usize) -> PathBuf {
+        self.data().join(format!("127.0.0.1_{}", self.ports[i]))
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("bank{i}.log"))
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    pub fn start(&mut self, i: usize) {
+        assert!(self.children[i].is_none(), "branch {i} already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("open log");
+        let err = log.try_clone().expect("clone log");
+        let child = Command::new(BANK)
+            .arg(self.addr(i))
+            .arg("--hosts")
+            .arg(self.hosts())
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn bank");
+        self.children[i] = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.ports.len() {
+            self.start(i);
+        }
+    }
+
+    pub fn pid(&self, i: usize) -> i32 {
+        self.children[i].as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, i: usize, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid(i).to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} branch {i}");
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, i: usize) -> ExitStatus {
+        self.signal(i, "TERM");
+        let mut c = self.children[i].take().expect("running");
+        wait_timeout(&mut c, Duration::from_secs(30)).expect("bank exits after SIGTERM")
+    }
+
+    pub fn stop_all(&mut self) {
+        for i in 0..self.ports.len() {
+            if self.children[i].is_some() {
+                self.signal(i, "TERM");
+            }
+        }
+        for i in 0..self.ports.len() {
+            if let Some(mut c) = self.children[i].take() {
+                let st = wait_timeout(&mut c, Duration::from_secs(30))
+                    .expect("bank exits after SIGTERM");
+                assert!(st.success(), "branch {i} exit status {st}\n{}", self.log(i));
+            }
+        }
+    }
+
+    pub fn snapctl(&self, args: &[&str]) -> Output {
+        Command::new(SNAPCTL)
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data())
+            .arg("--hosts")
+            .arg(self.hosts())
+            .output()
+            .expect("run snapctl")
+    }
+
+    /// `snapctl audit --json`: (exit code, parsed report).
+    pub fn audit(&self) -> (i32, serde_json::Value) {
+        let out = self.snapctl(&["audit", "--json"]);
+        let code = out.status.code().unwrap_or(-1);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "audit output is not JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (code, v)
+    }
+
+    /// Waits until `pred(log of branch i)` holds.
+    pub fn wait_log(&self, i: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if pred(&self.log(i)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + t;
+    while Instant::now() < end {
+        if let Ok(Some(st)) = c.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    None
+}
+
+/// Ids of the snapshots the initiator logged as complete (and whether each conserved money).
+pub fn completed_snapshots(log: &str) -> Vec<(u64, bool)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("snapshot ")? + 9..];
+            let (id, rest) = rest.split_once(' ')?;
+            if !rest.starts_with("complete") {
+                return None;
+            }
+            Some((id.parse().ok()?, !l.contains("NOT CONSERVED")))
+        })
+        .collect()
+}
+
+/// Balances logged at each start ("branch … up: balance N, …").
+pub fn startup_balances(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(" up: balance ")? + 13..];
+            rest.split(',').next()?.trim().parse().ok()
+        })
+        .collect()
+}
+
+pub fn sleep(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+pub fn touch(p: &Path) -> File {
+    File::create(p).expect("create file")
+}
