@@ -508,3 +508,146 @@ fn decode<T: DeserializeOwned>(path: &Path, what: &str, bytes: &[u8]) -> Result<
         what: format!("undecodable {what}: {e}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{CoreConfig, Recovered};
+
+    fn identity(me: u16) -> Identity {
+        let hosts = HostList::parse("127.0.0.1:1:S 127.0.0.1:2 127.0.0.1:3", "t").unwrap();
+        Identity::new(&hosts, BranchId(me), 1000)
+    }
+
+    fn cfg(me: u16) -> CoreConfig {
+        CoreConfig {
+            me: BranchId(me),
+            branches: 3,
+            initiator: BranchId(0),
+            initial_balance: 1000,
+            max_amount: 10,
+            unacked_per_channel_max: 100,
+            live_snapshots_max: 4,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn fresh_store_recovers_genesis() {
+        let s = MemStore::new_mem(&identity(1));
+        assert_eq!(s.recover(&cfg(1)).unwrap(), Recovered::genesis(&cfg(1)));
+        assert_eq!(s.identity().genesis_total(), 3000);
+        assert_eq!(s.identity().initiator(), BranchId(0));
+    }
+
+    #[test]
+    fn commit_then_recover_round_trips_and_log_sums_detect_gaps() {
+        let mut s = MemStore::new_mem(&identity(1));
+        let mut st = Recovered::genesis(&cfg(1)).state;
+        st.balance = 990;
+        st.out[2].sent = Seq(3);
+        st.out[2].acked = Seq(1);
+        let batch = WriteBatch {
+            state: Some(st.clone()),
+            transfers: vec![
+                (BranchId(2), Seq(1), 4),
+                (BranchId(2), Seq(2), 5),
+                (BranchId(2), Seq(3), 1),
+            ],
+            ..WriteBatch::default()
+        };
+        s.commit(&batch).unwrap();
+        let rec = s.recover(&cfg(1)).unwrap();
+        assert_eq!(rec.state, st);
+        assert_eq!(rec.unacked[2], vec![(Seq(2), 5), (Seq(3), 1)]);
+        let all = s.log_sum(BranchId(2), Seq(0), Seq(3)).unwrap();
+        assert_eq!((all.count, all.money, all.dense), (3, 10, true));
+        let beyond = s.log_sum(BranchId(2), Seq(1), Seq(5)).unwrap();
+        assert!(!beyond.dense, "seqs 4 and 5 are missing");
+    }
+
+    #[test]
+    fn missing_unacked_entries_are_corruption() {
+        let mut s = MemStore::new_mem(&identity(1));
+        let mut st = Recovered::genesis(&cfg(1)).state;
+        st.out[0].sent = Seq(2);
+        s.put_state(&st).unwrap();
+        let err = s.recover(&cfg(1)).unwrap_err().to_string();
+        assert!(err.contains("lacks unacknowledged"), "{err}");
+    }
+
+    #[test]
+    fn identity_mismatch_newer_schema_and_foreign_data_are_refused() {
+        let mut kv = MemKv::default();
+        kv.apply(
+            vec![
+                Op::Put(KEY_SCHEMA.to_vec(), enc(&1u32)),
+                Op::Put(KEY_IDENTITY.to_vec(), enc(&identity(1))),
+            ],
+            true,
+        )
+        .unwrap();
+        let p = PathBuf::from("x");
+        assert!(BankStore::with_kv(kv.clone(), p.clone(), Some(&identity(1))).is_ok());
+        let e = BankStore::with_kv(kv.clone(), p.clone(), Some(&identity(2)))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("store of branch 127.0.0.1:2"), "{e}");
+        let other = Identity::new(
+            &HostList::parse("127.0.0.1:1:S 127.0.0.1:2", "t").unwrap(),
+            BranchId(1),
+            1000,
+        );
+        let e = BankStore::with_kv(kv.clone(), p.clone(), Some(&other))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("host.list"), "{e}");
+
+        let mut newer = kv.clone();
+        newer
+            .apply(vec![Op::Put(KEY_SCHEMA.to_vec(), enc(&7u32))], true)
+            .unwrap();
+        let e = BankStore::with_kv(newer, p.clone(), None).err().unwrap();
+        assert!(matches!(e, StoreError::NewerSchema { found: 7, .. }), "{e}");
+
+        let mut foreign = MemKv::default();
+        foreign
+            .apply(vec![Op::Put(b"hello".to_vec(), b"world".to_vec())], true)
+            .unwrap();
+        let e = BankStore::with_kv(foreign, p.clone(), Some(&identity(1)))
+            .err()
+            .unwrap();
+        assert!(matches!(e, StoreError::NotAStore(..)), "{e}");
+
+        let mut garbled = kv;
+        garbled
+            .apply(vec![Op::Put(KEY_STATE.to_vec(), vec![0xff, 0x00])], true)
+            .unwrap();
+        let s = BankStore::with_kv(garbled, p, None).unwrap();
+        assert!(matches!(s.state(), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn sled_store_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b");
+        {
+            let mut s = SledStore::open(&path, Some(&identity(0))).unwrap();
+            let mut st = Recovered::genesis(&cfg(0)).state;
+            st.balance = 7;
+            s.commit(&WriteBatch {
+                state: Some(st),
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        }
+        let s = SledStore::open(&path, None).unwrap();
+        assert_eq!(s.state().unwrap().unwrap().balance, 7);
+        let locked = SledStore::open(&path, None).err().unwrap();
+        assert!(matches!(locked, StoreError::Locked(_)), "{locked}");
+        assert!(matches!(
+            SledStore::open(&dir.path().join("none"), None).err().unwrap(),
+            StoreError::NotFound(_)
+        ));
+    }
+}
