@@ -180,7 +180,12 @@ fn parse_entry(token: &str) -> Result<(SocketAddr, bool), String> {
         let (host, port) = addr_part
             .rsplit_once(':')
             .ok_or_else(|| format!("'{token}': expected HOST:PORT or HOST:PORT:S"))?;
-        if host.contains(':') {
+        if let Some((ip, flag)) = host.split_once(':') {
+            if ip.parse::<std::net::Ipv4Addr>().is_ok() && flag.parse::<u16>().is_ok() {
+                return Err(format!(
+                    "'{token}': unknown marker ':{port}' (only ':S' marks the initiator)"
+                ));
+            }
             return Err(format!(
                 "'{token}': write IPv6 addresses in brackets, like [::1]:8000"
             ));
@@ -270,7 +275,7 @@ mod tests {
                 "not an IP",
             ),
             ("127.0.0.1:8000:S\n[::1:8001", "host.list:2:", "unclosed"),
-            ("127.0.0.1:8000:X", "host.list:1:", "bad port"),
+            ("127.0.0.1:8000:X", "host.list:1:", "unknown marker ':X'"),
         ];
         for (text, loc, what) in cases {
             let e = parse(text).unwrap_err().to_string();

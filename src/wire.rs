@@ -220,8 +220,13 @@ mod tests {
         let mut full = BytesMut::new();
         codec.encode(samples()[1].clone(), &mut full).unwrap();
         for cut in 0..full.len() {
+            // The codec keeps the length it already read, so each cut gets a fresh one.
+            let mut fresh = MessageCodec::default();
             let mut part = BytesMut::from(&full[..cut]);
-            assert!(codec.decode(&mut part).unwrap().is_none(), "cut {cut}");
+            assert!(fresh.decode(&mut part).unwrap().is_none(), "cut {cut}");
+            // Feeding the rest completes the frame.
+            part.extend_from_slice(&full[cut..]);
+            assert_eq!(fresh.decode(&mut part).unwrap(), Some(samples()[1].clone()));
         }
     }
 

@@ -279,6 +279,21 @@ pub struct Branch {
     rng: StdRng,
     dirty: bool,
     ready: Ready,
+    #[cfg(test)]
+    bug: Option<InjectedBug>,
+    #[cfg(test)]
+    stale_state: Option<DurableState>,
+}
+
+/// Deliberately wrong orderings, switched on only in tests, to prove the simulator finds them.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// Acknowledge credits before they are durable: the state of a step is persisted only with
+    /// the *next* step, while its acknowledgements leave with this one.
+    AckBeforeDurable,
+    /// Keep adding transfers to a channel's recorded money after its marker arrived.
+    RecordPastMarker,
 }
 
 impl Branch {
@@ -315,8 +330,23 @@ impl Branch {
             rng,
             dirty: false,
             ready: Ready::default(),
+            #[cfg(test)]
+            bug: None,
+            #[cfg(test)]
+            stale_state: None,
             cfg,
         }
+    }
+
+    /// Switches on a deliberate bug (tests only).
+    #[cfg(test)]
+    pub fn inject_bug(&mut self, bug: InjectedBug) {
+        self.bug = Some(bug);
+    }
+
+    #[cfg(test)]
+    fn has_bug(&self, bug: InjectedBug) -> bool {
+        self.bug == Some(bug)
     }
 
     // ---- getters -------------------------------------------------------------------------
@@ -510,6 +540,16 @@ impl Branch {
                 });
             }
         }
+        #[cfg(test)]
+        if self.has_bug(InjectedBug::AckBeforeDurable) {
+            // Persist the state as of the previous step only.
+            self.ready.persist.state = self.stale_state.take();
+            if std::mem::take(&mut self.dirty) {
+                self.stale_state = Some(self.state.clone());
+            }
+            self.open_run.iter_mut().for_each(|r| *r = None);
+            return std::mem::take(&mut self.ready);
+        }
         if std::mem::take(&mut self.dirty) {
             self.ready.persist.state = Some(self.state.clone());
         }
@@ -572,11 +612,17 @@ impl Branch {
                     .checked_add(amount)
                     .ok_or(ProtocolError::Overflow)?;
                 self.state.inc[p].applied = seq;
+                #[cfg(test)]
+                let past_marker = self.has_bug(InjectedBug::RecordPastMarker);
+                #[cfg(not(test))]
+                let past_marker = false;
                 for rec in self.state.recording.values_mut() {
                     let ch = &mut rec.inc[p];
                     if ch.until.is_none() {
-                        ch.money += amount;
+                        ch.money = ch.money.saturating_add(amount);
                         ch.count += 1;
+                    } else if past_marker {
+                        ch.money = ch.money.saturating_add(amount);
                     }
                 }
                 self.ack_due[p] = true;
