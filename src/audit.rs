@@ -350,12 +350,12 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
         current_total += st.balance as u128;
         let mut in_flight = 0u64;
         let mut in_flight_money = 0u128;
-        for j in 0..n {
+        for (j, receiver) in states.iter().enumerate() {
             if i == j {
                 continue;
             }
             let s = st.out[j].sent;
-            let w = states[j].inc[i].applied;
+            let w = receiver.inc[i].applied;
             let chan = format!("{}→{}", name(i), name(j));
             if w > s {
                 v.push(format!(
@@ -470,4 +470,74 @@ fn check_ledger(
         ));
     }
     Ok(())
+}
+
+/// A snapshot the initiator started that is not complete, as the stores show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PendingView {
+    pub snapshot: u64,
+    /// Initiator's recording time, if it still records (else the time its part was recorded).
+    pub started_us: Option<u64>,
+    pub branches: Vec<PendingBranch>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PendingBranch {
+    pub branch: String,
+    /// `done` (its part is stored), `recording` (waits for markers) or `not recorded`.
+    pub status: String,
+    pub waiting_for_markers_from: Vec<String>,
+}
+
+/// The snapshots started but not complete, and what each branch still waits for.
+pub fn pending(c: &Cluster) -> Result<Vec<PendingView>, AuditError> {
+    let n = c.stores.len();
+    let states: Vec<Option<DurableState>> = c
+        .stores
+        .iter()
+        .map(|s| s.state())
+        .collect::<Result<_, StoreError>>()?;
+    let parts: Vec<BTreeMap<u64, LocalPart>> = c
+        .stores
+        .iter()
+        .map(|s| Ok(s.parts()?.into_iter().map(|p| (p.snapshot.0, p)).collect()))
+        .collect::<Result<_, StoreError>>()?;
+    let init = c.identity.initiator().index();
+    let Some(ist) = &states[init] else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for k in ist.completed.0 + 1..ist.next_snapshot.0 {
+        let started_us = ist
+            .recording
+            .get(&k)
+            .map(|r| r.recorded_at)
+            .or_else(|| parts[init].get(&k).map(|p| p.recorded_at));
+        let branches = (0..n)
+            .map(|b| {
+                let (status, waiting) = if parts[b].contains_key(&k) {
+                    ("done", Vec::new())
+                } else if let Some(rec) = states[b].as_ref().and_then(|s| s.recording.get(&k)) {
+                    let from = (0..n)
+                        .filter(|&x| x != b && rec.inc[x].until.is_none())
+                        .map(|x| c.names[x].clone())
+                        .collect();
+                    ("recording", from)
+                } else {
+                    ("not recorded", Vec::new())
+                };
+                PendingBranch {
+                    branch: c.names[b].clone(),
+                    status: status.to_string(),
+                    waiting_for_markers_from: waiting,
+                }
+            })
+            .collect();
+        out.push(PendingView {
+            snapshot: k,
+            started_us,
+            branches,
+        });
+    }
+    Ok(out)
 }

@@ -31,6 +31,10 @@ pub struct BranchFlags {
     /// Unacknowledged transfers allowed per outgoing channel (flow control).
     #[arg(long, default_value_t = 8192, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub unacked_max: u64,
+    /// Report a snapshot still incomplete after this long, naming the channels and branches it
+    /// waits for (it still completes when it can).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub snapshot_warn_after: Duration,
     /// On SIGINT/SIGTERM, how long in-flight transfers get to be acknowledged before exit.
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub settle: Duration,
@@ -50,6 +54,8 @@ impl BranchFlags {
             humantime::format_duration(self.snapshot_interval).to_string(),
             "--unacked-max".to_string(),
             self.unacked_max.to_string(),
+            "--snapshot-warn-after".to_string(),
+            humantime::format_duration(self.snapshot_warn_after).to_string(),
             "--settle".to_string(),
             humantime::format_duration(self.settle).to_string(),
         ];

@@ -22,7 +22,11 @@ fn one_line_error(stderr: &str, needles: &[&str]) {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(lines.len(), 1, "exactly one error line in:\n{stderr}");
     for n in needles {
-        assert!(lines[0].contains(n), "error line {:?} should contain {n:?}", lines[0]);
+        assert!(
+            lines[0].contains(n),
+            "error line {:?} should contain {n:?}",
+            lines[0]
+        );
     }
 }
 
@@ -33,7 +37,16 @@ fn broken_host_list_names_the_line() {
     std::fs::write(&hosts, "127.0.0.1:8000:S\n127.0.0.1:70000\n").expect("write");
     let h = hosts.to_str().expect("utf8");
     let d = dir.path().join("data");
-    let (code, _, err) = run(BANK, &["127.0.0.1:8000", "--hosts", h, "--data-dir", d.to_str().expect("utf8")]);
+    let (code, _, err) = run(
+        BANK,
+        &[
+            "127.0.0.1:8000",
+            "--hosts",
+            h,
+            "--data-dir",
+            d.to_str().expect("utf8"),
+        ],
+    );
     assert_ne!(code, 0);
     one_line_error(&err, &["host.list:2", "bad port"]);
     let (code, _, err) = run(START_BANK, &["127.0.0.1", "--hosts", h]);
@@ -43,7 +56,10 @@ fn broken_host_list_names_the_line() {
     let (code, _, err) = run(BANK, &["127.0.0.1:8000", "--hosts", h]);
     assert_ne!(code, 0);
     one_line_error(&err, &["host.list:1", "initiator"]);
-    let (code, _, err) = run(BANK, &["127.0.0.1:8000", "--hosts", "/nonexistent/host.list"]);
+    let (code, _, err) = run(
+        BANK,
+        &["127.0.0.1:8000", "--hosts", "/nonexistent/host.list"],
+    );
     assert_ne!(code, 0);
     one_line_error(&err, &["/nonexistent/host.list"]);
 }
@@ -58,7 +74,10 @@ fn unknown_branch_and_unknown_ip_are_errors() {
     let (code, _, err) = run(BANK, &["nonsense", "--hosts", h.to_str().expect("utf8")]);
     assert_ne!(code, 0);
     one_line_error(&err, &["nonsense"]);
-    let (code, _, err) = run(START_BANK, &["127.0.0.9", "--hosts", h.to_str().expect("utf8")]);
+    let (code, _, err) = run(
+        START_BANK,
+        &["127.0.0.9", "--hosts", h.to_str().expect("utf8")],
+    );
     assert_ne!(code, 0);
     one_line_error(&err, &["127.0.0.9", "no branch"]);
 }
@@ -91,7 +110,11 @@ fn store_of_another_host_list_is_refused() {
     c.stop(0);
     // Same data dir, same address, a different cluster.
     let other = c.dir.path().join("other.list");
-    std::fs::write(&other, format!("{}:S\n127.0.0.1:1\n127.0.0.1:2\n", c.addr(0))).expect("write");
+    std::fs::write(
+        &other,
+        format!("{}:S\n127.0.0.1:1\n127.0.0.1:2\n", c.addr(0)),
+    )
+    .expect("write");
     let (code, _, err) = run(
         BANK,
         &[
@@ -147,7 +170,10 @@ fn audit_of_missing_or_garbage_stores_cannot_read() {
     std::fs::write(junk.join("conf"), b"garbage garbage").expect("write");
     std::fs::write(junk.join("db"), vec![0xa5u8; 4096]).expect("write");
     let data = dir.path().join("data");
-    let (code, _, err) = run(SNAPCTL, &["audit", "--data-dir", data.to_str().expect("utf8")]);
+    let (code, _, err) = run(
+        SNAPCTL,
+        &["audit", "--data-dir", data.to_str().expect("utf8")],
+    );
     assert_eq!(code, 2, "{err}");
     one_line_error(&err, &["127.0.0.1_9"]);
 }
@@ -173,9 +199,15 @@ fn port_in_use_is_a_clear_error() {
 /// Strangers get refused and move no money.
 #[test]
 fn unknown_peers_and_malformed_frames_are_refused() {
-    let mut c = Cluster::new(2, &["--transfer-interval", "2ms", "--snapshot-interval", "200ms"]);
+    let mut c = Cluster::new(
+        2,
+        &["--transfer-interval", "2ms", "--snapshot-interval", "200ms"],
+    );
     c.start_all();
-    assert!(c.wait_log(0, Duration::from_secs(10), |l| !completed_snapshots(l).is_empty()));
+    assert!(
+        c.wait_log(0, Duration::from_secs(10), |l| !completed_snapshots(l)
+            .is_empty())
+    );
     let target = c.addr(1);
     // Garbage bytes, a huge length prefix, and a well-formed Hello from another cluster.
     let attempts: Vec<Vec<u8>> = vec![
@@ -195,13 +227,22 @@ fn unknown_peers_and_malformed_frames_are_refused() {
     ];
     for bytes in attempts {
         let mut s = TcpStream::connect(&target).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(6))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(6)))
+            .expect("timeout");
         let _ = s.write_all(&bytes);
         let mut buf = [0u8; 64];
         // The branch closes the connection without answering.
-        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "connection refused");
+        assert!(
+            matches!(s.read(&mut buf), Ok(0) | Err(_)),
+            "connection refused"
+        );
     }
-    assert!(c.wait_log(1, Duration::from_secs(5), |l| l.matches("refused").count() >= 3), "{}", c.log(1));
+    assert!(
+        c.wait_log(1, Duration::from_secs(5), |l| l.matches("refused").count()
+            >= 3),
+        "{}",
+        c.log(1)
+    );
     sleep(500);
     c.stop_all();
     let (code, a) = c.audit();
@@ -234,7 +275,13 @@ fn start_bank_runs_every_branch_of_its_ip_and_audits() {
     assert!(stdout.contains("audit: CONSISTENT"), "{stdout}");
     assert!(completed_snapshots(&stderr).len() >= 3, "{stderr}");
     for i in 0..3 {
-        assert!(stderr.contains(&format!("started bank {}", c.addr(i))), "{stderr}");
-        assert!(stderr.contains(&format!("seed {}", 7 + i)), "seeds logged: {stderr}");
+        assert!(
+            stderr.contains(&format!("started bank {}", c.addr(i))),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("seed {}", 7 + i)),
+            "seeds logged: {stderr}"
+        );
     }
 }

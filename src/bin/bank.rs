@@ -99,6 +99,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         reconnect_interval: Duration::from_secs(2),
         settle: f.settle,
         status_interval: Duration::from_secs(5),
+        snapshot_warn_after: f.snapshot_warn_after,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

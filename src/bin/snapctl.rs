@@ -1,7 +1,7 @@
 //! `snapctl`: inspect and audit the stores of a stopped snapbank cluster.
 
 use clap::{Parser, Subcommand};
-use snapbank::audit::{audit, AuditError, Cluster};
+use snapbank::audit::{audit, pending, AuditError, Cluster, PendingView};
 use snapbank::cli::{format_audit, DataDir};
 use snapbank::hosts::HostList;
 use snapbank::snapshot::GlobalSnapshot;
@@ -104,12 +104,17 @@ fn cmd_snapshots(data: &DataDir, hosts: Option<PathBuf>, json: bool) -> ExitCode
         Ok(g) => g,
         Err(e) => return cannot_read(e.into()),
     };
+    let pending = match pending(&cluster) {
+        Ok(p) => p,
+        Err(e) => return cannot_read(e),
+    };
     if json {
         let list: Vec<serde_json::Value> = globals
             .iter()
             .map(|g| snapshot_json(g, &cluster.names))
             .collect();
-        match serde_json::to_string_pretty(&list) {
+        let doc = serde_json::json!({ "completed": list, "pending": pending });
+        match serde_json::to_string_pretty(&doc) {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("snapctl: error: cannot encode: {e}");
@@ -120,35 +125,67 @@ fn cmd_snapshots(data: &DataDir, hosts: Option<PathBuf>, json: bool) -> ExitCode
     }
     if globals.is_empty() {
         println!("no completed snapshots");
-        return ExitCode::SUCCESS;
-    }
-    let mut header = format!(
-        "{:>6}  {:<24}  {:>10}  {:>12}",
-        "id", "started", "duration", "total"
-    );
-    for name in &cluster.names {
-        header.push_str(&format!("  {:>22}", name));
-    }
-    println!("{header}");
-    for g in &globals {
-        let mut line = format!(
-            "{:>6}  {:<24}  {:>8.1}ms  {:>12}",
-            g.snapshot.0,
-            rfc3339(g.started_at),
-            g.duration_us() as f64 / 1000.0,
-            g.total
+    } else {
+        let mut header = format!(
+            "{:>6}  {:<24}  {:>10}  {:>12}",
+            "id", "started", "duration", "total"
         );
-        for p in &g.parts {
-            let chan: u128 = p.channels.iter().map(|c| c.money as u128).sum();
-            line.push_str(&format!("  {:>22}", format!("{} + {}", p.balance, chan)));
+        for name in &cluster.names {
+            header.push_str(&format!("  {:>22}", name));
         }
-        if !g.conserves_money() {
-            line.push_str(&format!("  (expected {})", g.expected_total));
+        println!("{header}");
+        for g in &globals {
+            let mut line = format!(
+                "{:>6}  {:<24}  {:>8.1}ms  {:>12}",
+                g.snapshot.0,
+                rfc3339(g.started_at),
+                g.duration_us() as f64 / 1000.0,
+                g.total
+            );
+            for p in &g.parts {
+                let chan: u128 = p.channels.iter().map(|c| c.money as u128).sum();
+                line.push_str(&format!("  {:>22}", format!("{} + {}", p.balance, chan)));
+            }
+            if !g.conserves_money() {
+                line.push_str(&format!("  (expected {})", g.expected_total));
+            }
+            println!("{line}");
         }
-        println!("{line}");
+        println!("(per branch: balance + money recorded in its incoming channels)");
     }
-    println!("(per branch: balance + money recorded in its incoming channels)");
+    print_pending(&pending);
     ExitCode::SUCCESS
+}
+
+fn print_pending(pending: &[PendingView]) {
+    for p in pending {
+        let started = p.started_us.map_or("?".to_string(), rfc3339);
+        let what: Vec<String> = p
+            .branches
+            .iter()
+            .filter(|b| b.status != "done")
+            .map(|b| {
+                if b.waiting_for_markers_from.is_empty() {
+                    format!("{} has not recorded it", b.branch)
+                } else {
+                    format!(
+                        "{} waits for markers from {}",
+                        b.branch,
+                        b.waiting_for_markers_from.join(", ")
+                    )
+                }
+            })
+            .collect();
+        let what = if what.is_empty() {
+            "every part is in; the initiator has yet to assemble it".to_string()
+        } else {
+            what.join("; ")
+        };
+        println!(
+            "pending snapshot {} (started {started}): {what}",
+            p.snapshot
+        );
+    }
 }
 
 fn rfc3339(us: u64) -> String {

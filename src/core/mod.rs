@@ -228,6 +228,18 @@ pub enum Notice {
     },
 }
 
+/// A snapshot this branch is still waiting on, and what for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub snapshot: SnapshotId,
+    /// When this branch recorded its state for it (initiator: when it started it).
+    pub since: Micros,
+    /// Incoming channels whose marker has not arrived.
+    pub markers_from: Vec<BranchId>,
+    /// Initiator: branches whose part has not arrived.
+    pub parts_from: Vec<BranchId>,
+}
+
 /// Output of a step. Persist first, then send, then log.
 #[derive(Debug, Default)]
 pub struct Ready {
@@ -255,6 +267,8 @@ pub enum ProtocolError {
     },
     #[error("marker {0} for a snapshot already completed here")]
     StaleMarker(SnapshotId),
+    #[error("marker {0} for a snapshot the initiator never started")]
+    MarkerNeverStarted(SnapshotId),
     #[error("credit would overflow the balance")]
     Overflow,
     #[error("malformed part: {0}")]
@@ -387,6 +401,49 @@ impl Branch {
 
     pub fn snapshots_in_flight(&self) -> usize {
         self.state.recording.len()
+    }
+
+    /// Snapshots this branch is waiting on: markers still to come here and, at the initiator,
+    /// parts still to come from other branches.
+    pub fn pending(&self) -> Vec<Pending> {
+        let mut out: BTreeMap<SnapshotId, Pending> = BTreeMap::new();
+        for (&k, rec) in &self.state.recording {
+            out.insert(
+                SnapshotId(k),
+                Pending {
+                    snapshot: SnapshotId(k),
+                    since: rec.recorded_at,
+                    markers_from: (0..self.cfg.branches)
+                        .map(BranchId)
+                        .filter(|b| rec.inc[b.index()].until.is_none())
+                        .collect(),
+                    parts_from: Vec::new(),
+                },
+            );
+        }
+        if self.is_initiator() {
+            for k in self.state.completed.0 + 1..self.state.next_snapshot.0 {
+                let k = SnapshotId(k);
+                let have = self.collected.get(&k);
+                let since = have
+                    .and_then(|parts| parts.get(&self.cfg.me))
+                    .map(|p| p.recorded_at)
+                    .or_else(|| out.get(&k).map(|p| p.since))
+                    .unwrap_or(0);
+                let missing: Vec<BranchId> = (0..self.cfg.branches)
+                    .map(BranchId)
+                    .filter(|b| !have.is_some_and(|parts| parts.contains_key(b)))
+                    .collect();
+                let entry = out.entry(k).or_insert(Pending {
+                    snapshot: k,
+                    since,
+                    markers_from: Vec::new(),
+                    parts_from: Vec::new(),
+                });
+                entry.parts_from = missing;
+            }
+        }
+        out.into_values().collect()
     }
 
     /// Initiator: snapshots started and not yet complete globally.
@@ -599,6 +656,21 @@ impl Branch {
         amounts: &[Amount],
     ) -> Result<(), ProtocolError> {
         let p = from.index();
+        // Validate everything this message would credit before changing anything.
+        let applied = self.state.inc[p].applied;
+        let skip = applied
+            .0
+            .saturating_sub(first.0.saturating_sub(1))
+            .min(amounts.len() as u64) as usize;
+        let fresh = if first.0 <= applied.0.saturating_add(1) {
+            &amounts[skip..]
+        } else {
+            &[][..]
+        };
+        fresh
+            .iter()
+            .try_fold(self.state.balance, |b, a| b.checked_add(*a))
+            .ok_or(ProtocolError::Overflow)?;
         let mut seq = first;
         for &amount in amounts {
             let applied = self.state.inc[p].applied;
@@ -606,11 +678,8 @@ impl Branch {
                 // Duplicate of something already credited: acknowledge again, apply never.
                 self.ack_due[p] = true;
             } else if seq == applied.next() {
-                self.state.balance = self
-                    .state
-                    .balance
-                    .checked_add(amount)
-                    .ok_or(ProtocolError::Overflow)?;
+                // Cannot overflow: checked for the whole message above.
+                self.state.balance += amount;
                 self.state.inc[p].applied = seq;
                 #[cfg(test)]
                 let past_marker = self.has_bug(InjectedBug::RecordPastMarker);
@@ -712,6 +781,9 @@ impl Branch {
                 after,
                 applied,
             });
+        }
+        if self.is_initiator() && k >= self.state.next_snapshot {
+            return Err(ProtocolError::MarkerNeverStarted(k));
         }
         if !self.state.recording.contains_key(&k.0) {
             if k <= self.state.last_recorded {

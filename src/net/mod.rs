@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub settle: Duration,
     /// How often to log a status line.
     pub status_interval: Duration,
+    /// A snapshot still waiting after this long is reported, naming what it waits for.
+    pub snapshot_warn_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +164,9 @@ pub async fn run_branch(
     snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_timer = tokio::time::interval(cfg.status_interval);
     status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending_timer = tokio::time::interval(Duration::from_secs(1));
+    pending_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
     let full_speed = cfg.pace == Pace::FullSpeed;
     let mut can_transfer = true;
     let mut stop_at: Option<tokio::time::Instant> = None;
@@ -188,6 +193,7 @@ pub async fn run_branch(
                 next_transfer = cfg.pace.next_wait(&mut pace_rng).map(|w| tokio::time::Instant::now() + w);
             }
             _ = status_timer.tick() => log_status(&core, my_addr),
+            _ = pending_timer.tick() => report_pending(&core, &cfg, &mut warned),
             _ = std::future::ready(()), if work_ready => {}
             _ = tokio::time::sleep(Duration::from_millis(2)), if full_speed && !can_transfer && !stopping => {}
             ev = inbox.recv() => match ev {
@@ -302,6 +308,48 @@ fn commit_then_send(
         }
     }
     Ok(())
+}
+
+/// Warns about snapshots waiting longer than `snapshot_warn_after` (again at each multiple).
+fn report_pending(
+    core: &Branch,
+    cfg: &NodeConfig,
+    warned: &mut std::collections::BTreeMap<u64, u64>,
+) {
+    let now = now_us();
+    let limit = cfg.snapshot_warn_after.as_micros().max(1) as u64;
+    let pending = core.pending();
+    warned.retain(|k, _| pending.iter().any(|p| p.snapshot.0 == *k));
+    let names = |ids: &[BranchId]| {
+        ids.iter()
+            .map(|b| cfg.hosts.addr(*b).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for p in pending {
+        let waited = now.saturating_sub(p.since);
+        let level = waited / limit;
+        if level == 0 || warned.get(&p.snapshot.0) == Some(&level) {
+            continue;
+        }
+        warned.insert(p.snapshot.0, level);
+        let mut what = Vec::new();
+        if !p.markers_from.is_empty() {
+            what.push(format!(
+                "markers on channels from {}",
+                names(&p.markers_from)
+            ));
+        }
+        if !p.parts_from.is_empty() {
+            what.push(format!("parts from {}", names(&p.parts_from)));
+        }
+        warn!(
+            "snapshot {} pending for {:.1} s: waiting for {}",
+            p.snapshot,
+            waited as f64 / 1e6,
+            what.join("; ")
+        );
+    }
 }
 
 fn log_status(core: &Branch, addr: SocketAddr) {

@@ -19,6 +19,9 @@ pub enum Op {
     Del(Vec<u8>),
 }
 
+/// Visitor of key-value entries; returning an error stops the scan.
+pub type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<(), KvError>;
+
 /// An ordered key-value tree with atomic batches.
 pub trait Kv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
@@ -26,12 +29,7 @@ pub trait Kv {
     /// Applies `ops` atomically, in order; with `durable`, returns only once they survive a crash.
     fn apply(&mut self, ops: Vec<Op>, durable: bool) -> Result<(), KvError>;
     /// Calls `f` for each entry with `from <= key <= to`, in key order.
-    fn for_range(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), KvError>,
-    ) -> Result<(), KvError>;
+    fn for_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<(), KvError>;
     fn flush(&self) -> Result<(), KvError>;
 }
 
@@ -65,12 +63,7 @@ impl Kv for MemKv {
         Ok(())
     }
 
-    fn for_range(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), KvError>,
-    ) -> Result<(), KvError> {
+    fn for_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<(), KvError> {
         for (k, v) in self.map.range(from.to_vec()..=to.to_vec()) {
             f(k, v)?;
         }
@@ -156,12 +149,7 @@ impl Kv for SledKv {
         Ok(())
     }
 
-    fn for_range(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), KvError>,
-    ) -> Result<(), KvError> {
+    fn for_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<(), KvError> {
         for item in self.db.range(from..=to) {
             let (k, v) = item.map_err(sled_err)?;
             f(&k, &v)?;

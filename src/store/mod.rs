@@ -646,7 +646,9 @@ mod tests {
         let locked = SledStore::open(&path, None).err().unwrap();
         assert!(matches!(locked, StoreError::Locked(_)), "{locked}");
         assert!(matches!(
-            SledStore::open(&dir.path().join("none"), None).err().unwrap(),
+            SledStore::open(&dir.path().join("none"), None)
+                .err()
+                .unwrap(),
             StoreError::NotFound(_)
         ));
     }
