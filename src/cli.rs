@@ -35,6 +35,9 @@ pub struct BranchFlags {
     /// waits for (it still completes when it can).
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub snapshot_warn_after: Duration,
+    /// How often a branch logs its status line.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub status_interval: Duration,
     /// On SIGINT/SIGTERM, how long in-flight transfers get to be acknowledged before exit.
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub settle: Duration,
@@ -56,6 +59,8 @@ impl BranchFlags {
             self.unacked_max.to_string(),
             "--snapshot-warn-after".to_string(),
             humantime::format_duration(self.snapshot_warn_after).to_string(),
+            "--status-interval".to_string(),
+            humantime::format_duration(self.status_interval).to_string(),
             "--settle".to_string(),
             humantime::format_duration(self.settle).to_string(),
         ];

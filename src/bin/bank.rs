@@ -98,7 +98,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         snapshot_interval: f.snapshot_interval,
         reconnect_interval: Duration::from_secs(2),
         settle: f.settle,
-        status_interval: Duration::from_secs(5),
+        status_interval: f.status_interval,
         snapshot_warn_after: f.snapshot_warn_after,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -155,7 +155,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     };
-    if args.run_for.is_some() {
+    if args.run_for.is_some() && mine.len() < hosts.len() {
+        println!(
+            "start_bank: {} of {} branches live on other hosts; once every host has stopped, run \
+             `snapctl audit` where all the stores are",
+            hosts.len() - mine.len(),
+            hosts.len()
+        );
+    } else if args.run_for.is_some() {
         match audit(&args.data.data_dir, Some(&hosts)) {
             Ok(report) => {
                 println!("{}", format_audit(&report));

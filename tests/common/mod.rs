@@ -24,7 +24,7 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub ports: Vec<u16>,
+    pub addrs: Vec<String>,
     pub children: Vec<Option<Child>>,
     pub args: Vec<String>,
 }
@@ -32,24 +32,34 @@ pub struct Cluster {
 impl Cluster {
     /// `n` branches on 127.0.0.1, the first the initiator; `args` are passed to every bank.
     pub fn new(n: usize, args: &[&str]) -> Cluster {
+        Cluster::on_ips(&vec!["127.0.0.1"; n], args)
+    }
+
+    /// One branch per entry of `ips` (free ports), the first the initiator.
+    pub fn on_ips(ips: &[&str], args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(n);
-        let text: String = ports
+        let ports = free_ports(ips.len());
+        let addrs: Vec<String> = ips
+            .iter()
+            .zip(&ports)
+            .map(|(ip, p)| format!("{ip}:{p}"))
+            .collect();
+        let text: String = addrs
             .iter()
             .enumerate()
-            .map(|(i, p)| {
+            .map(|(i, a)| {
                 if i == 0 {
-                    format!("127.0.0.1:{p}:S\n")
+                    format!("{a}:S\n")
                 } else {
-                    format!("127.0.0.1:{p}\n")
+                    format!("{a}\n")
                 }
             })
             .collect();
         std::fs::write(dir.path().join("host.list"), text).expect("write host.list");
         Cluster {
             dir,
-            ports,
-            children: (0..n).map(|_| None).collect(),
+            addrs,
+            children: (0..ips.len()).map(|_| None).collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -63,11 +73,11 @@ impl Cluster {
     }
 
     pub fn addr(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.ports[i])
+        self.addrs[i].clone()
     }
 
     pub fn store_dir(&self, i: usize) -> PathBuf {
-        self.data().join(format!("127.0.0.1_{}", self.ports[i]))
+        self.data().join(self.addrs[i].replace(':', "_"))
     }
 
     pub fn log_path(&self, i: usize) -> PathBuf {
@@ -102,7 +112,7 @@ impl Cluster {
     }
 
     pub fn start_all(&mut self) {
-        for i in 0..self.ports.len() {
+        for i in 0..self.addrs.len() {
             self.start(i);
         }
     }
@@ -136,12 +146,12 @@ impl Cluster {
     }
 
     pub fn stop_all(&mut self) {
-        for i in 0..self.ports.len() {
+        for i in 0..self.addrs.len() {
             if self.children[i].is_some() {
                 self.signal(i, "TERM");
             }
         }
-        for i in 0..self.ports.len() {
+        for i in 0..self.addrs.len() {
             if let Some(mut c) = self.children[i].take() {
                 let st = wait_timeout(&mut c, Duration::from_secs(30))
                     .expect("bank exits after SIGTERM");
@@ -207,6 +217,65 @@ pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
     }
     let _ = c.kill();
     None
+}
+
+/// Applied-transfer counts from a branch's status lines ("…, applied N, …"), in order.
+pub fn applied_counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(": balance ") && !l.contains(" up: "))
+        .filter_map(|l| {
+            let rest = &l[l.find(", applied ")? + 10..];
+            rest.split(',').next()?.trim().parse().ok()
+        })
+        .collect()
+}
+
+/// Whether fault-injection tests can run here (root with nft and ip). Outside CI a missing
+/// prerequisite skips the test with a visible message; in CI (`CI` set) it fails the test.
+pub fn fault_tools_available(test: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let has = |tool: &str, flag: &str| {
+        Command::new(tool)
+            .arg(flag)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let missing: Vec<&str> = [
+        ("root", root),
+        ("nft", has("nft", "--version")),
+        ("ip", has("ip", "-V")),
+    ]
+    .iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(n, _)| *n)
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "SKIPPED {test}: needs {} (install Debian nftables and iproute2, run as root)",
+        missing.join(", ")
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}; CI must run it");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Ids of the snapshots the initiator logged as complete (and whether each conserved money).
