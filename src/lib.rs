@@ -7,6 +7,7 @@
 //! - [`store`]: durable state in sled (and an in-memory twin), key layout and migrations
 //! - [`net`]: the thin tokio shell that runs a core: listener, per-peer links, group commit
 //! - [`audit`]: global consistency checks over the stores of a stopped cluster
+//! - [`restore`]: rewind a stopped cluster to a completed snapshot (rebuilding lost stores)
 //! - [`hosts`]: the `host.list` format; [`snapshot`]: snapshot data; [`types`]: newtypes
 
 pub mod audit;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod core;
 pub mod hosts;
 pub mod net;
+pub mod restore;
 pub mod snapshot;
 pub mod store;
 pub mod types;

@@ -5,6 +5,7 @@ use snapbank::audit::{audit, pending, AuditError, Cluster, PendingView};
 use snapbank::cli::{format_audit, DataDir};
 use snapbank::hosts::HostList;
 use snapbank::snapshot::GlobalSnapshot;
+use snapbank::types::SnapshotId;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
@@ -30,6 +31,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rewind every store of a stopped cluster to completed snapshot K (a lost store is rebuilt
+    /// from the initiator's copy); the cluster then restarts from K with the total intact.
+    Restore {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long, value_name = "FILE")]
+        hosts: Option<PathBuf>,
+        /// The completed snapshot to restore.
+        #[arg(long, value_name = "K")]
+        snapshot: u64,
+    },
     /// List completed global snapshots.
     Snapshots {
         #[command(flatten)]
@@ -46,6 +58,11 @@ fn main() -> ExitCode {
     match args.cmd {
         Cmd::Audit { data, hosts, json } => cmd_audit(&data, hosts, json),
         Cmd::Snapshots { data, hosts, json } => cmd_snapshots(&data, hosts, json),
+        Cmd::Restore {
+            data,
+            hosts,
+            snapshot,
+        } => cmd_restore(&data, hosts, snapshot),
     }
 }
 
@@ -185,6 +202,36 @@ fn print_pending(pending: &[PendingView]) {
             "pending snapshot {} (started {started}): {what}",
             p.snapshot
         );
+    }
+}
+
+fn cmd_restore(data: &DataDir, hosts: Option<PathBuf>, k: u64) -> ExitCode {
+    let hosts = match load_hosts(hosts) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    match snapbank::restore::restore(&data.data_dir, hosts.as_ref(), SnapshotId(k)) {
+        Ok(r) => {
+            for (branch, balance) in &r.balances {
+                let rebuilt = if r.rebuilt.contains(branch) {
+                    "  (store rebuilt)"
+                } else {
+                    ""
+                };
+                println!("{branch:<28} balance {balance}{rebuilt}");
+            }
+            println!(
+                "restored {} branches to snapshot {}; the next snapshot will be {}",
+                r.balances.len(),
+                r.snapshot,
+                r.next_snapshot
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("snapctl: error: restore: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

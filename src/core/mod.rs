@@ -88,6 +88,10 @@ pub struct DurableState {
     pub parts_done: SnapshotId,
     /// Initiator: highest global snapshot completed.
     pub completed: SnapshotId,
+    /// The transfer log and the ledger are complete from this snapshot's cut on (0: from
+    /// genesis). Set when a store is rebuilt from a snapshot by `snapctl restore`.
+    #[serde(default)]
+    pub history_from: SnapshotId,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,19 +154,27 @@ impl Recovered {
     pub fn genesis(cfg: &CoreConfig) -> Recovered {
         let n = cfg.branches as usize;
         Recovered {
-            state: DurableState {
-                balance: cfg.initial_balance,
-                out: vec![OutChannel::default(); n],
-                inc: vec![InChannel::default(); n],
-                next_snapshot: SnapshotId(1),
-                last_recorded: SnapshotId(0),
-                recording: BTreeMap::new(),
-                parts_done: SnapshotId(0),
-                completed: SnapshotId(0),
-            },
+            state: DurableState::genesis(n, cfg.initial_balance),
             unacked: vec![Vec::new(); n],
             unsent_parts: Vec::new(),
             collected: Vec::new(),
+        }
+    }
+}
+
+impl DurableState {
+    /// The state of a branch of `branches` that has never run.
+    pub fn genesis(branches: usize, initial_balance: Amount) -> DurableState {
+        DurableState {
+            balance: initial_balance,
+            out: vec![OutChannel::default(); branches],
+            inc: vec![InChannel::default(); branches],
+            next_snapshot: SnapshotId(1),
+            last_recorded: SnapshotId(0),
+            recording: BTreeMap::new(),
+            parts_done: SnapshotId(0),
+            completed: SnapshotId(0),
+            history_from: SnapshotId(0),
         }
     }
 }

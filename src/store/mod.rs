@@ -456,6 +456,50 @@ impl<K: Kv> BankStore<K> {
         self.kv.apply(ops, true).map_err(|e| self.kv_error(e))
     }
 
+    /// Rewrites a stopped branch's store to a snapshot's cut, atomically: `state` replaces the
+    /// state; transfer-log entries beyond `state.out[p].sent`, parts and global snapshots after
+    /// `keep_upto` and every collected part are deleted; `parts` are added.
+    pub fn rewrite_to_cut(
+        &mut self,
+        state: &DurableState,
+        keep_upto: SnapshotId,
+        parts: &[LocalPart],
+    ) -> Result<(), StoreError> {
+        let mut dead: Vec<Vec<u8>> = Vec::new();
+        let mut collect = |from: &[u8], to: &[u8]| {
+            self.kv.for_range(from, to, &mut |k, _| {
+                dead.push(k.to_vec());
+                Ok(())
+            })
+        };
+        for (p, out) in state.out.iter().enumerate() {
+            let peer = BranchId(p as u16);
+            collect(
+                &key_transfer(peer, out.sent.next()),
+                &key_transfer(peer, Seq(u64::MAX)),
+            )
+            .map_err(|e| kv_err(&self.path, e))?;
+        }
+        let after = SnapshotId(keep_upto.0.saturating_add(1));
+        collect(&key_part(after), &key_part(SnapshotId(u64::MAX)))
+            .map_err(|e| kv_err(&self.path, e))?;
+        collect(&key_global(after), &key_global(SnapshotId(u64::MAX)))
+            .map_err(|e| kv_err(&self.path, e))?;
+        collect(
+            b"c",
+            &[
+                b'c', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
+        )
+        .map_err(|e| kv_err(&self.path, e))?;
+        let mut ops: Vec<Op> = dead.into_iter().map(Op::Del).collect();
+        for part in parts {
+            ops.push(Op::Put(key_part(part.snapshot).to_vec(), enc(part)));
+        }
+        ops.push(Op::Put(KEY_STATE.to_vec(), enc(state)));
+        self.kv.apply(ops, true).map_err(|e| self.kv_error(e))
+    }
+
     /// Writes `state` as is (tools and tests that edit a stopped store).
     pub fn put_state(&mut self, state: &DurableState) -> Result<(), StoreError> {
         self.kv
