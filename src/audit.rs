@@ -16,7 +16,7 @@
 use crate::core::DurableState;
 use crate::hosts::HostList;
 use crate::snapshot::{GlobalSnapshot, LocalPart};
-use crate::store::{branch_dir, Identity, SledStore, StoreError};
+use crate::store::{branch_dir, Identity, LogSum, SledStore, StoreError};
 use crate::types::{BranchId, Seq};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -243,6 +243,7 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
             "history starts at snapshot {history_from}, which the initiator does not hold"
         ));
     }
+    let logs = LogIndex::build(c, &states, &globals)?;
     for g in &globals {
         let k = g.snapshot;
         if g.parts.len() != n {
@@ -305,8 +306,7 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
                     ));
                     continue;
                 }
-                let sum =
-                    c.stores[i].log_sum(BranchId(j as u16), ch.applied_at_record, ch.until)?;
+                let sum = logs.sum(c, i, j, ch.applied_at_record, ch.until)?;
                 if !sum.dense {
                     v.push(format!(
                         "snapshot {k}: channel {chan}: sender's log lacks transfers {}..={}",
@@ -340,7 +340,15 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
                     .collect(),
             };
             if logged {
-                check_ledger(c, b, &base[b], &point, &format!("snapshot {k}"), &mut v)?;
+                check_ledger(
+                    c,
+                    &logs,
+                    b,
+                    &base[b],
+                    &point,
+                    &format!("snapshot {k}"),
+                    &mut v,
+                )?;
             }
             next.push(point);
         }
@@ -374,7 +382,7 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
                     st.out[j].acked
                 ));
             }
-            let sum = c.stores[i].log_sum(BranchId(j as u16), w, s)?;
+            let sum = logs.sum(c, i, j, w, s)?;
             if !sum.dense {
                 v.push(format!(
                     "channel {chan}: sender's log lacks transfers not yet applied ({}..={s})",
@@ -395,7 +403,7 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
             sent: st.out.iter().map(|o| o.sent).collect(),
             applied: st.inc.iter().map(|x| x.applied).collect(),
         };
-        check_ledger(c, i, &base[i], &now, "current state", &mut v)?;
+        check_ledger(c, &logs, i, &base[i], &now, "current state", &mut v)?;
         branches.push(BranchReport {
             branch: name(i).to_string(),
             balance: st.balance,
@@ -429,6 +437,7 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
 /// Balance at `to` must be the balance at `from` plus money received minus money sent in between.
 fn check_ledger(
     c: &Cluster,
+    logs: &LogIndex,
     b: usize,
     from: &LedgerPoint,
     to: &LedgerPoint,
@@ -436,13 +445,11 @@ fn check_ledger(
     v: &mut Vec<String>,
 ) -> Result<(), StoreError> {
     let n = c.stores.len();
-    let me = BranchId(b as u16);
     let mut balance: i128 = from.balance as i128;
     for x in 0..n {
         if x == b {
             continue;
         }
-        let peer = BranchId(x as u16);
         if to.sent[x] < from.sent[x] || to.applied[x] < from.applied[x] {
             v.push(format!(
                 "{what}: branch {}'s channel positions with {} went backwards",
@@ -450,8 +457,8 @@ fn check_ledger(
             ));
             return Ok(());
         }
-        let out = c.stores[b].log_sum(peer, from.sent[x], to.sent[x])?;
-        let inc = c.stores[x].log_sum(me, from.applied[x], to.applied[x])?;
+        let out = logs.sum(c, b, x, from.sent[x], to.sent[x])?;
+        let inc = logs.sum(c, x, b, from.applied[x], to.applied[x])?;
         if !out.dense || !inc.dense {
             v.push(format!(
                 "{what}: transfer log between {} and {} has gaps; ledger of {} unchecked",
@@ -545,4 +552,85 @@ pub fn pending(c: &Cluster) -> Result<Vec<PendingView>, AuditError> {
         });
     }
     Ok(out)
+}
+
+/// Prefix sums of every channel's transfer log at the sequence numbers the audit asks about,
+/// built in one pass over each log (a long-running cluster's logs hold millions of entries).
+struct LogIndex {
+    /// `[sender][receiver]`.
+    sums: Vec<Vec<ChannelSums>>,
+}
+
+/// Sorted boundary seqs of one channel, and (count, money) of its log entries `<=` each.
+type ChannelSums = (Vec<u64>, Vec<(u64, u128)>);
+
+impl LogIndex {
+    fn build(
+        c: &Cluster,
+        states: &[DurableState],
+        globals: &[GlobalSnapshot],
+    ) -> Result<LogIndex, StoreError> {
+        let n = c.stores.len();
+        let mut sums = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut row = Vec::with_capacity(n);
+            for j in 0..n {
+                if i == j {
+                    row.push((Vec::new(), Vec::new()));
+                    continue;
+                }
+                let (bi, bj) = (BranchId(i as u16), BranchId(j as u16));
+                let mut bounds = vec![0, states[i].out[j].sent.0, states[j].inc[i].applied.0];
+                for g in globals.iter().filter(|g| g.parts.len() == n) {
+                    bounds.extend(g.parts[i].sent_to(bj).map(|s| s.0));
+                    if let Some(ch) = g.parts[j].channel_from(bi) {
+                        bounds.push(ch.applied_at_record.0);
+                        bounds.push(ch.until.0);
+                    }
+                }
+                bounds.sort_unstable();
+                bounds.dedup();
+                let max = *bounds.last().unwrap_or(&0);
+                let mut cum = Vec::with_capacity(bounds.len());
+                let (mut count, mut money) = (0u64, 0u128);
+                let mut next = 0usize;
+                c.stores[i].scan_log(bj, Seq(0), Seq(max), &mut |seq, amount| {
+                    while next < bounds.len() && bounds[next] < seq.0 {
+                        cum.push((count, money));
+                        next += 1;
+                    }
+                    count += 1;
+                    money += amount as u128;
+                })?;
+                while cum.len() < bounds.len() {
+                    cum.push((count, money));
+                }
+                row.push((bounds, cum));
+            }
+            sums.push(row);
+        }
+        Ok(LogIndex { sums })
+    }
+
+    /// Count and money of the transfers `(after, upto]` on channel `i → j`.
+    fn sum(
+        &self,
+        c: &Cluster,
+        i: usize,
+        j: usize,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<LogSum, StoreError> {
+        let (bounds, cum) = &self.sums[i][j];
+        let at = |s: Seq| bounds.binary_search(&s.0).ok().map(|k| cum[k]);
+        match (at(after), at(upto)) {
+            (Some(a), Some(b)) if upto >= after => Ok(LogSum {
+                count: b.0 - a.0,
+                money: b.1 - a.1,
+                dense: b.0 - a.0 == upto.0 - after.0,
+            }),
+            // Not a boundary the index knows: ask the store.
+            _ => c.stores[i].log_sum(BranchId(j as u16), after, upto),
+        }
+    }
 }

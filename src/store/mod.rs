@@ -322,6 +322,35 @@ impl<K: Kv> BankStore<K> {
         Ok(rec)
     }
 
+    /// Calls `f(seq, amount)` for each log entry `(after, upto]` to `peer`, in order.
+    pub fn scan_log(
+        &self,
+        peer: BranchId,
+        after: Seq,
+        upto: Seq,
+        f: &mut dyn FnMut(Seq, Amount),
+    ) -> Result<(), StoreError> {
+        if upto <= after {
+            return Ok(());
+        }
+        let from = key_transfer(peer, after.next());
+        let to = key_transfer(peer, upto);
+        let path = self.path.clone();
+        self.kv
+            .for_range(&from, &to, &mut |k, v| {
+                let seq = k
+                    .get(3..11)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| KvError::Corrupt("transfer key of wrong length".into()))?;
+                let amount: Amount = decode(&path, "transfer amount", v)
+                    .map_err(|e| KvError::Corrupt(e.to_string()))?;
+                f(Seq(seq), amount);
+                Ok(())
+            })
+            .map_err(|e| self.kv_error(e))
+    }
+
     /// Log entries `(after, upto]` to `peer`, in order.
     pub fn log_entries(
         &self,
@@ -330,23 +359,7 @@ impl<K: Kv> BankStore<K> {
         upto: Seq,
     ) -> Result<Vec<(Seq, Amount)>, StoreError> {
         let mut out = Vec::new();
-        if upto <= after {
-            return Ok(out);
-        }
-        let from = key_transfer(peer, after.next());
-        let to = key_transfer(peer, upto);
-        let path = self.path.clone();
-        self.kv
-            .for_range(&from, &to, &mut |k, v| {
-                let seq = Seq(u64::from_be_bytes(k[3..11].try_into().map_err(|_| {
-                    KvError::Corrupt("transfer key of wrong length".into())
-                })?));
-                let amount: Amount = decode(&path, "transfer amount", v)
-                    .map_err(|e| KvError::Corrupt(e.to_string()))?;
-                out.push((seq, amount));
-                Ok(())
-            })
-            .map_err(|e| self.kv_error(e))?;
+        self.scan_log(peer, after, upto, &mut |s, a| out.push((s, a)))?;
         Ok(out)
     }
 
@@ -356,32 +369,16 @@ impl<K: Kv> BankStore<K> {
             dense: true,
             ..LogSum::default()
         };
-        if upto <= after {
-            return Ok(sum);
-        }
-        let from = key_transfer(peer, after.next());
-        let to = key_transfer(peer, upto);
-        let path = self.path.clone();
         let mut expect = after.next().0;
-        self.kv
-            .for_range(&from, &to, &mut |k, v| {
-                let seq = u64::from_be_bytes(
-                    k[3..11]
-                        .try_into()
-                        .map_err(|_| KvError::Corrupt("transfer key of wrong length".into()))?,
-                );
-                let amount: Amount = decode(&path, "transfer amount", v)
-                    .map_err(|e| KvError::Corrupt(e.to_string()))?;
-                if seq != expect {
-                    sum.dense = false;
-                }
-                expect = seq + 1;
-                sum.count += 1;
-                sum.money += amount as u128;
-                Ok(())
-            })
-            .map_err(|e| self.kv_error(e))?;
-        if sum.count != upto.0 - after.0 {
+        self.scan_log(peer, after, upto, &mut |seq, amount| {
+            if seq.0 != expect {
+                sum.dense = false;
+            }
+            expect = seq.0 + 1;
+            sum.count += 1;
+            sum.money += amount as u128;
+        })?;
+        if sum.count != upto.0.saturating_sub(after.0) {
             sum.dense = false;
         }
         Ok(sum)
