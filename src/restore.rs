@@ -56,7 +56,8 @@ pub fn restore(
         me: BranchId(b as u16),
         ..identity.clone()
     };
-    // Open (or note missing) every store first, so nothing is written unless all can be.
+    // Open (or note missing) every store and plan every state first, so nothing is written
+    // unless all of it can be computed.
     let mut stores: Vec<Option<SledStore>> = Vec::with_capacity(n);
     for (b, dir) in dirs.iter().enumerate() {
         match SledStore::open(dir, None) {
@@ -92,7 +93,13 @@ pub fn restore(
             }
         )));
     };
-    if !g.conserves_money() || g.parts.len() != n {
+    if g.parts.len() != n {
+        return Err(RestoreError::Refused(format!(
+            "snapshot {k} has {} parts for {n} branches; refusing to restore it",
+            g.parts.len()
+        )));
+    }
+    if !g.conserves_money() {
         return Err(RestoreError::Refused(format!(
             "snapshot {k} does not conserve money (total {}, expected {}); refusing to restore it",
             g.total, g.expected_total
@@ -114,8 +121,8 @@ pub fn restore(
         balances: Vec::new(),
         next_snapshot: SnapshotId(highest.0 + 1),
     };
-    for b in 0..n {
-        let part = &g.parts[b];
+    let mut plans: Vec<(usize, DurableState, Vec<LocalPart>, bool)> = Vec::with_capacity(n);
+    for (b, part) in g.parts.iter().enumerate() {
         let mut st = DurableState::genesis(n, identity.initial_balance);
         st.balance = part
             .balance
@@ -139,25 +146,46 @@ pub fn restore(
         st.last_recorded = highest;
         st.parts_done = highest;
         st.completed = highest;
-        let (mut store, parts): (SledStore, Vec<LocalPart>) = match stores[b].take() {
-            Some(s) => {
-                st.history_from = s.state()?.map(|o| o.history_from).unwrap_or_default();
-                (s, Vec::new())
+        // A store that is gone, or that never committed a state, lacks the transfer log up to
+        // the cut: rebuild it from the initiator's copies of its parts.
+        // So does a store whose own part of K differs from the initiator's copy (a branch that
+        // was restarted on an empty store and ran on from genesis).
+        let old = match &stores[b] {
+            Some(s)
+                if s.parts()?
+                    .iter()
+                    .any(|p| p.snapshot == k && *p == g.parts[b]) =>
+            {
+                s.state()?
+            }
+            _ => None,
+        };
+        let parts: Vec<LocalPart> = match &old {
+            Some(o) => {
+                st.history_from = o.history_from.min(k);
+                Vec::new()
             }
             None => {
-                // Rebuilt from the initiator's copies: every completed part up to K.
                 st.history_from = k;
                 summary.rebuilt.push(identity.branches[b].clone());
-                let s = SledStore::open(&dirs[b], Some(&own(b)))?;
-                let parts = globals
+                globals
                     .iter()
-                    .filter(|gl| gl.snapshot <= k)
+                    .filter(|gl| gl.snapshot <= k && gl.parts.len() == n)
                     .map(|gl| gl.parts[b].clone())
-                    .collect();
-                (s, parts)
+                    .collect()
             }
         };
-        store.rewrite_to_cut(&st, k, &parts)?;
+        let wipe = old.is_none();
+        plans.push((b, st, parts, wipe));
+    }
+    // Everything is computed and every store readable: now write, branch by branch. Each
+    // rewrite is atomic; if one fails, running the same restore again completes the others.
+    for (b, st, parts, wipe) in plans {
+        let mut store = match stores[b].take() {
+            Some(s) => s,
+            None => SledStore::open(&dirs[b], Some(&own(b)))?,
+        };
+        store.rewrite_to_cut(&st, k, &parts, wipe)?;
         summary
             .balances
             .push((identity.branches[b].clone(), st.balance));

@@ -106,3 +106,58 @@ fn lost_store_is_rebuilt_from_the_last_snapshot_and_the_cluster_runs_on() {
     assert!(a["last_snapshot"].as_u64().unwrap_or(0) > k, "{a:#}");
     assert!(a["transfers"].as_u64().unwrap_or(0) > 0);
 }
+
+/// A branch restarted without its store must not start over from genesis (that would create
+/// money): the first acknowledgement beyond what it sent stops it with a clear error, and a
+/// restore from the last snapshot puts the cluster back together.
+#[test]
+fn branch_restarted_without_its_store_stops_and_restore_recovers() {
+    let mut c = Cluster::new(
+        3,
+        &["--transfer-interval", "0s", "--snapshot-interval", "200ms"],
+    );
+    c.start_all();
+    assert!(
+        c.wait_log(0, Duration::from_secs(20), |l| completed_snapshots(l).len()
+            >= 3)
+    );
+    sleep(500);
+    c.kill9(2);
+    std::fs::remove_dir_all(c.store_dir(2)).expect("delete the store");
+    c.start(2);
+    let mut child = c.children[2].take().expect("running");
+    let st = wait_timeout(&mut child, Duration::from_secs(20)).expect("the branch stops by itself");
+    assert!(!st.success());
+    let log = c.log(2);
+    let err = log.lines().last().unwrap_or_default();
+    assert!(
+        err.contains("bank: error:")
+            && err.contains("store is behind")
+            && err.contains("snapctl restore"),
+        "one clear line: {log}"
+    );
+    c.stop_all();
+    let out = c.snapctl(&["snapshots", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let k = doc["completed"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|g| g["id"].as_u64());
+    let k = k.expect("a completed snapshot").to_string();
+    let out = c.snapctl(&["restore", "--snapshot", &k]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = completed_snapshots(&c.log(0)).len();
+    c.start_all();
+    assert!(
+        c.wait_log(0, Duration::from_secs(20), |l| completed_snapshots(l).len()
+            >= before + 3)
+    );
+    c.stop_all();
+    let (code, a) = c.audit();
+    assert_eq!(code, 0, "{a:#}");
+    assert_eq!(a["current_total"], 3_000_000);
+}

@@ -74,7 +74,6 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.data.data_dir.display()
         )
     })?;
-    let store = open_with_retry(&dir, &identity)?;
     info!(
         "branch {addr}: store {}, seed {seed}, transfer interval {}, snapshot interval {}",
         dir.display(),
@@ -107,22 +106,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let trigger = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            trigger.cancel();
-        });
-        run_branch(cfg, store, shutdown).await
+        use tokio::signal::unix::{signal, SignalKind};
+        // Handlers before anything slow: a SIGTERM while the store opens still stops cleanly.
+        for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+            let mut sig = signal(kind)?;
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                sig.recv().await;
+                trigger.cancel();
+            });
+        }
+        let store = tokio::task::block_in_place(|| open_with_retry(&dir, &identity))?;
+        Ok::<_, anyhow::Error>(run_branch(cfg, store, shutdown).await?)
     })?;
     Ok(())
 }

@@ -75,6 +75,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|d| d.join("bank"))
         .filter(|p| p.is_file())
         .ok_or_else(|| anyhow::anyhow!("cannot find the `bank` binary next to start_bank"))?;
+    // Handlers first: a signal that arrives while the branches start is still forwarded.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
     let mut branches = Vec::new();
     for id in &mine {
         let addr = hosts.addr(*id).to_string();
@@ -85,7 +89,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .arg("--data-dir")
             .arg(&args.data.data_dir)
             .args(args.flags.to_args(id.0 as u64))
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            // Should start_bank fail, its branches must not outlive it.
+            .kill_on_drop(true);
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start bank {addr}: {e}"))?;
@@ -100,9 +106,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
     let deadline = args.run_for.map(|d| tokio::time::Instant::now() + d);
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let mut stopping = false;

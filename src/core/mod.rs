@@ -287,6 +287,29 @@ pub enum ProtocolError {
     BadPart(String),
 }
 
+/// What the shell must do about a [`ProtocolError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remedy {
+    /// Close the connection the message came on: the peer reconnects and resends in order,
+    /// which repairs the gap the refused message left.
+    Reconnect,
+    /// The peer has seen more from us than our store holds: this store was lost, replaced or
+    /// rolled back. Carrying on would create or destroy money; stop and have the operator
+    /// restore the cluster.
+    Stop,
+}
+
+impl ProtocolError {
+    pub fn remedy(&self) -> Remedy {
+        match self {
+            ProtocolError::AckBeyondSent { .. }
+            | ProtocolError::AckBeyondMarker(_)
+            | ProtocolError::AckBeyondPart(_) => Remedy::Stop,
+            _ => Remedy::Reconnect,
+        }
+    }
+}
+
 /// One bank branch.
 pub struct Branch {
     cfg: CoreConfig,
@@ -958,7 +981,7 @@ impl Branch {
         }
         let mut expect = (0..self.cfg.branches).map(BranchId).filter(|b| *b != from);
         for (c, e) in part.channels.iter().zip(expect.clone()) {
-            if c.from != e || c.applied_at_record.0 + c.count != c.until.0 {
+            if c.from != e || c.applied_at_record.0.checked_add(c.count) != Some(c.until.0) {
                 return bad(format!("channel record from {} is inconsistent", c.from));
             }
         }

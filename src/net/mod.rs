@@ -15,7 +15,7 @@ mod pace;
 
 pub use pace::Pace;
 
-use crate::core::{Branch, CoreConfig, Link, Notice, Ready};
+use crate::core::{Branch, CoreConfig, Link, Notice, Ready, Remedy};
 use crate::hosts::HostList;
 use crate::store::{SledStore, StoreError};
 use crate::types::{BranchId, Micros};
@@ -69,6 +69,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    StoreBehind(String),
 }
 
 /// What a branch did, reported when it stops.
@@ -197,13 +199,13 @@ pub async fn run_branch(
             _ = std::future::ready(()), if work_ready => {}
             _ = tokio::time::sleep(Duration::from_millis(2)), if full_speed && !can_transfer && !stopping => {}
             ev = inbox.recv() => match ev {
-                Some(ev) => handle_event(&mut core, ev),
+                Some(ev) => handle_event(&mut core, ev, &inbound, &cfg.hosts)?,
                 None => break,
             },
         }
         for _ in 0..EVENTS_PER_STEP_MAX {
             match inbox.try_recv() {
-                Ok(ev) => handle_event(&mut core, ev),
+                Ok(ev) => handle_event(&mut core, ev, &inbound, &cfg.hosts)?,
                 Err(_) => break,
             }
         }
@@ -244,17 +246,41 @@ pub async fn run_branch(
     Ok(summary)
 }
 
-fn handle_event(core: &mut Branch, ev: Event) {
+/// Feeds one event to the core and carries out the remedy the core names for a peer's fault.
+fn handle_event(
+    core: &mut Branch,
+    ev: Event,
+    inbound: &InboundWriters,
+    hosts: &HostList,
+) -> Result<(), NodeError> {
     match ev {
         Event::Message { from, msg } => {
+            let inbound_msg = !matches!(msg, Message::Ack { .. });
             if let Err(e) = core.on_message(from, msg, now_us()) {
-                warn!("protocol error from {from}: {e}; message ignored");
+                let peer = hosts.addr(from);
+                match e.remedy() {
+                    Remedy::Stop => {
+                        return Err(NodeError::StoreBehind(format!(
+                            "peer {peer} {e}; this branch's store is behind what the cluster saw (lost, replaced or rolled back); stop the cluster and run `snapctl restore`"
+                        )))
+                    }
+                    Remedy::Reconnect if inbound_msg => {
+                        warn!("protocol error from {peer}: {e}; message refused, reconnecting to resend in order");
+                        // Dropping the ack writer ends that connection; the peer redials.
+                        let mut w = inbound.lock().unwrap_or_else(|p| p.into_inner());
+                        w[from.index()] = None;
+                    }
+                    Remedy::Reconnect => {
+                        error!("protocol error from {peer}: {e}; message ignored")
+                    }
+                }
             }
         }
         Event::LinkUp { peer, epoch } => core.on_link_up(peer, epoch),
         Event::LinkDown { peer } => core.on_link_down(peer),
         Event::InboundUp { peer } => core.on_inbound_up(peer),
     }
+    Ok(())
 }
 
 /// The one place the durability rule is enforced: persist, then send, then log.
@@ -395,7 +421,13 @@ async fn outgoing_link(
             };
             // Bind to our own address so the peer sees which branch is calling.
             socket.bind(SocketAddr::new(local_ip, 0))?;
-            let stream = socket.connect(addr).await?;
+            set_user_timeout(&socket);
+            // A silent partition drops SYNs: give up after a while instead of the kernel's ~2 min.
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
             stream.set_nodelay(true)?;
             handshake_dial(stream, &cfg, peer).await
         };
@@ -483,6 +515,17 @@ async fn outgoing_link(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
+    }
+}
+
+/// Unacknowledged data older than this breaks a link (then it redials and resends), instead of
+/// TCP's exponential backoff stretching a healed partition into minutes.
+const LINK_USER_TIMEOUT_MS: u32 = 10_000;
+
+fn set_user_timeout(socket: &TcpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt::TcpUserTimeout};
+    if let Err(e) = setsockopt(socket, TcpUserTimeout, &LINK_USER_TIMEOUT_MS) {
+        debug!("TCP_USER_TIMEOUT not set: {e}");
     }
 }
 

@@ -72,7 +72,7 @@ impl Identity {
     pub fn branch_dir_name(entry: &str) -> String {
         let addr = entry.strip_suffix(":S").unwrap_or(entry);
         match addr.parse::<std::net::SocketAddr>() {
-            Ok(a) => format!("{}_{}", a.ip(), a.port()),
+            Ok(a) => dir_name(a),
             Err(_) => addr.replace([':', '[', ']'], "_"),
         }
     }
@@ -83,9 +83,13 @@ pub fn cluster_id(branches: &[String], initial_balance: Amount) -> u64 {
     fnv1a(text.as_bytes())
 }
 
-/// The store directory of branch `addr` under `data_dir`.
+/// The store directory of branch `addr` under `data_dir`: `<ip>_<port>`.
 pub fn branch_dir(data_dir: &Path, addr: std::net::SocketAddr) -> PathBuf {
-    data_dir.join(format!("{}_{}", addr.ip(), addr.port()))
+    data_dir.join(dir_name(addr))
+}
+
+fn dir_name(addr: std::net::SocketAddr) -> String {
+    format!("{}_{}", addr.ip(), addr.port())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +183,13 @@ fn key_collected(k: SnapshotId, b: BranchId) -> [u8; 11] {
     key[1..9].copy_from_slice(&k.0.to_be_bytes());
     key[9..11].copy_from_slice(&b.0.to_be_bytes());
     key
+}
+
+/// The last possible key under a one-byte prefix (every key here is at most 11 bytes).
+fn prefix_end(prefix: u8) -> [u8; 11] {
+    let mut k = [0xff; 11];
+    k[0] = prefix;
+    k
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -283,6 +294,19 @@ impl<K: Kv> BankStore<K> {
                         "state has {} channels for {n} branches",
                         st.out.len()
                     )));
+                }
+                if let Some(o) = st.out.iter().find(|o| o.acked > o.sent) {
+                    return Err(self.corrupt(format!(
+                        "a channel acknowledged seq {} of only {} sent",
+                        o.acked, o.sent
+                    )));
+                }
+                if let Some((k, _)) = st
+                    .recording
+                    .iter()
+                    .find(|(_, r)| r.inc.len() != n || r.sent.len() != n)
+                {
+                    return Err(self.corrupt(format!("snapshot {k} in progress has wrong shape")));
                 }
                 Ok(Some(st))
             }
@@ -407,16 +431,10 @@ impl<K: Kv> BankStore<K> {
         let mut out = Vec::new();
         let path = self.path.clone();
         self.kv
-            .for_range(
-                &[prefix],
-                &[
-                    prefix, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                ],
-                &mut |_, v| {
-                    out.push(decode(&path, what, v).map_err(|e| KvError::Corrupt(e.to_string()))?);
-                    Ok(())
-                },
-            )
+            .for_range(&[prefix], &prefix_end(prefix), &mut |_, v| {
+                out.push(decode(&path, what, v).map_err(|e| KvError::Corrupt(e.to_string()))?);
+                Ok(())
+            })
             .map_err(|e| self.kv_error(e))?;
         Ok(out)
     }
@@ -456,11 +474,14 @@ impl<K: Kv> BankStore<K> {
     /// Rewrites a stopped branch's store to a snapshot's cut, atomically: `state` replaces the
     /// state; transfer-log entries beyond `state.out[p].sent`, parts and global snapshots after
     /// `keep_upto` and every collected part are deleted; `parts` are added.
+    /// With `wipe`, the whole transfer log and every part go too (a store that no longer
+    /// matches the cut is rebuilt from `parts`).
     pub fn rewrite_to_cut(
         &mut self,
         state: &DurableState,
         keep_upto: SnapshotId,
         parts: &[LocalPart],
+        wipe: bool,
     ) -> Result<(), StoreError> {
         let mut dead: Vec<Vec<u8>> = Vec::new();
         let mut collect = |from: &[u8], to: &[u8]| {
@@ -471,24 +492,20 @@ impl<K: Kv> BankStore<K> {
         };
         for (p, out) in state.out.iter().enumerate() {
             let peer = BranchId(p as u16);
+            let first = if wipe { Seq(0) } else { out.sent.next() };
             collect(
-                &key_transfer(peer, out.sent.next()),
+                &key_transfer(peer, first),
                 &key_transfer(peer, Seq(u64::MAX)),
             )
             .map_err(|e| kv_err(&self.path, e))?;
         }
         let after = SnapshotId(keep_upto.0.saturating_add(1));
-        collect(&key_part(after), &key_part(SnapshotId(u64::MAX)))
+        let parts_from = if wipe { SnapshotId(0) } else { after };
+        collect(&key_part(parts_from), &key_part(SnapshotId(u64::MAX)))
             .map_err(|e| kv_err(&self.path, e))?;
         collect(&key_global(after), &key_global(SnapshotId(u64::MAX)))
             .map_err(|e| kv_err(&self.path, e))?;
-        collect(
-            b"c",
-            &[
-                b'c', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            ],
-        )
-        .map_err(|e| kv_err(&self.path, e))?;
+        collect(b"c", &prefix_end(b'c')).map_err(|e| kv_err(&self.path, e))?;
         let mut ops: Vec<Op> = dead.into_iter().map(Op::Del).collect();
         for part in parts {
             ops.push(Op::Put(key_part(part.snapshot).to_vec(), enc(part)));
