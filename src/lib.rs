@@ -8,6 +8,7 @@
 //! - [`net`]: the thin tokio shell that runs a core: listener, per-peer links, group commit
 //! - [`audit`]: global consistency checks over the stores of a stopped cluster
 //! - [`restore`]: rewind a stopped cluster to a completed snapshot (rebuilding lost stores)
+//! - [`sim`]: seeded deterministic simulator of many cores with crashes and partitions
 //! - [`hosts`]: the `host.list` format; [`snapshot`]: snapshot data; [`types`]: newtypes
 
 pub mod audit;
@@ -16,6 +17,7 @@ pub mod core;
 pub mod hosts;
 pub mod net;
 pub mod restore;
+pub mod sim;
 pub mod snapshot;
 pub mod store;
 pub mod types;

@@ -1,0 +1,1987 @@
+//! A seeded, deterministic simulator of a whole bank: N protocol cores ([`Branch`]), one
+//! in-memory store each ([`MemStore`], the same key layout and encoding as the sled store), a
+//! simulated network and a fault injector, all driven by one [`StdRng`] seeded from a `u64`. A run
+//! has no wall clock, no threads and no hash-map iteration: a seed replays it exactly.
+//!
+//! # Model
+//! - **Branches.** Each branch is a core plus its store. Events (deliveries, timer ticks, link
+//!   changes) accumulate in the core; a separate *flush* action does what the shell's group commit
+//!   does: [`Branch::take_ready`], commit the `persist` batch to the store, then hand the messages
+//!   to the network. The store is the only thing that survives a crash.
+//! - **Network.** One connection per ordered pair `i → j` (dialled by `i`), with an epoch that
+//!   grows each time it comes up. `Link::Out { epoch }` messages from `i` go forward on it and are
+//!   dropped unless that epoch is the connection's live one; `Link::In` messages from `j` (acks)
+//!   go back on it if it is up. Each direction is FIFO with random delays on a virtual clock (a
+//!   message never overtakes an earlier one on its direction); across directions, whatever is due
+//!   is delivered in random order.
+//! - **Faults** (each a probability per step in [`SimOptions`]): a connection breaks (the dialler
+//!   gets `on_link_down`; each direction keeps a random prefix of what it holds, the rest is lost,
+//!   and the prefix stays deliverable as a FIFO stream of its own, interleaved at random with the
+//!   connections that replace it, as an old reader task may still be draining its socket); a
+//!   partition cuts a random set of pairs (a split in two, or random pairs) and breaks their
+//!   connections until a heal; a branch crashes, either between steps or inside a flush: before
+//!   the persist (the `Ready` is lost), after the persist before any send, or after a random
+//!   prefix of the sends. A crash loses the core and everything queued *to* it, while what it
+//!   already queued keeps a random prefix per direction (the kernel still delivers bytes a killed
+//!   process wrote); its connections go down. A restart rebuilds the core with [`Branch::new`]
+//!   from `store.recover()`; connections come back through reconnect actions, which only join two
+//!   live branches that are not partitioned (`on_link_up` at the dialler, `on_inbound_up` at the
+//!   acceptor).
+//! - **Work.** Transfer ticks at random branches, snapshot ticks at the initiator (branch 0).
+//! - **Steps.** Each step advances the virtual clock and draws one kind of action. Deliveries and
+//!   flushes come in batches that grow with the branch count, as the branches of a real bank work
+//!   in parallel: up to `branches` due messages, or each branch with pending events with
+//!   probability 1/2. [`SimOptions::for_seed`] also varies the branch count (2–16, mostly small),
+//!   balances, flow-control limit and fault intensity by seed.
+//!
+//! # Checks, after every action
+//! 1. **Durable state** (meaningful even while branches are down): for every channel `i → j`,
+//!    with `i`'s durable `sent`/`acked` and `j`'s durable `applied`: `applied <= sent` (else a
+//!    transfer was applied twice or invented), `acked <= applied` (else a transfer the sender
+//!    forgot is lost on the receiver's side), the sender's log is dense over `(acked, sent]`; and
+//!    Σ durable balances + Σ log money `(applied, sent]` = the genesis total. No balance exceeds
+//!    the genesis total (a `u64` that went negative wraps to a huge value).
+//! 2. **Ledger**: each durable balance = initial + Σ received − Σ sent, both taken from the
+//!    senders' transfer logs up to the watermarks: a transfer applied twice or skipped shows.
+//! 3. **Live state**: the same ordering over the bank as it is now, each branch as its core holds
+//!    it in memory (ahead of its store between flushes) or, while crashed, as its store holds it;
+//!    and Σ balances + Σ unacknowledged money − Σ money applied but not yet acknowledged = the
+//!    genesis total.
+//! 4. **Snapshots**: every global snapshot the initiator commits conserves money and is a
+//!    consistent cut: for every channel record, `applied_at_record <= until`, `until` is the
+//!    sender part's `sent_to(receiver)`, the recorded money and count are exactly the log's
+//!    transfers `(applied_at_record, until]`, and every recorded balance equals initial + received
+//!    − sent at the recorded watermarks.
+//! 5. **Contract** (optional, [`SimOptions::check_sends_durable`]): everything a flush sends is
+//!    already durable (transfers logged, acks and markers not ahead of the durable state).
+//! 6. Any [`ProtocolError`](crate::core::ProtocolError) from a core, any store error, and any
+//!    panic inside a core are failures too.
+//!
+//! # Liveness
+//! After the fault steps: partitions heal, crashed branches restart, every connection comes up,
+//! transfers and snapshot ticks stop, and the simulator delivers and flushes (still in random
+//! order) until nothing is left to do, within a bound. Then every snapshot the initiator started
+//! has completed (and is stored, ids `1..next`), no branch is still recording, every transfer is
+//! applied and acknowledged, every marker and part acknowledged, and each core's memory equals
+//! its store.
+//!
+//! # Running
+//! CI: `cargo test --release --lib sim::` (500 seeds × 2,000 steps, branch counts 2–16 by seed;
+//! 50 seeds in an unoptimized build), plus determinism and the "teeth" tests: the core built with a
+//! deliberately wrong ordering (`core::InjectedBug`, test builds only), or a
+//! shell that sends before it persists, must be caught within 200 seeds. By hand, many more seeds
+//! (about 100 seeds a second per core):
+//!
+//! ```text
+//! SNAPBANK_SIM_SEEDS=100000 cargo test --release --lib sim::tests::many_seeds -- --nocapture
+//! ```
+//!
+//! (`SNAPBANK_SIM_FIRST_SEED` shifts the range, `SNAPBANK_SIM_STEPS` changes the steps per seed,
+//! `SNAPBANK_SIM_BUG` below runs the sweep against a deliberate bug; the sweep reports the lowest
+//! failing seed.)
+//! A failure prints its seed, step, violation, the last actions and the replay command:
+//!
+//! ```text
+//! SNAPBANK_SIM_SEED=<seed> cargo test --release --lib sim::tests::replay_seed -- --nocapture
+//! ```
+//!
+//! (prefixed, when they apply, by `SNAPBANK_SIM_STEPS`, `SNAPBANK_SIM_BRANCHES`,
+//! `SNAPBANK_SIM_BUG=ack-before-durable|record-past-marker|shell-sends-first` and
+//! `SNAPBANK_SIM_CONTRACT=0|1`).
+
+#[cfg(test)]
+use crate::core::InjectedBug;
+use crate::core::{Branch, CoreConfig, DurableState, Link, Outgoing, WriteBatch};
+use crate::snapshot::GlobalSnapshot;
+use crate::store::{cluster_id, Identity, MemStore};
+use crate::types::{Amount, BranchId, Micros, Seq};
+use crate::wire::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// Environment variable naming the seed `replay_seed` runs.
+pub const SEED_ENV: &str = "SNAPBANK_SIM_SEED";
+/// Environment variable: how many seeds `many_seeds` runs.
+pub const SEEDS_ENV: &str = "SNAPBANK_SIM_SEEDS";
+/// Environment variable: the first seed `many_seeds` runs.
+pub const FIRST_SEED_ENV: &str = "SNAPBANK_SIM_FIRST_SEED";
+/// Environment variable: fault steps per seed (default [`DEFAULT_STEPS`]).
+pub const STEPS_ENV: &str = "SNAPBANK_SIM_STEPS";
+/// Environment variable: branch count override for `replay_seed`.
+pub const BRANCHES_ENV: &str = "SNAPBANK_SIM_BRANCHES";
+/// Fault steps per seed unless told otherwise.
+pub const DEFAULT_STEPS: usize = 2000;
+
+/// What a simulation run does. Probabilities are per step; the action of a step is drawn once:
+/// crash, restart, break, partition, heal, reconnect, snapshot tick, transfer tick and flush take
+/// their probabilities in that order, and the rest of the unit interval (or an action that does
+/// not apply, such as a restart with nobody down) delivers up to `branches` due messages.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Branches in the bank (2..=16 is what the tests use; any count ≥ 2 works).
+    pub branches: u16,
+    /// Steps with faults, before the liveness phase.
+    pub steps: usize,
+    pub initial_balance: Amount,
+    pub max_amount: Amount,
+    pub unacked_per_channel_max: usize,
+    pub live_snapshots_max: usize,
+    /// Network delay of a message, microseconds, inclusive range.
+    pub delay_us: (u64, u64),
+    /// Probability that a message is ten times slower than its drawn delay.
+    pub p_slow: f64,
+    /// The virtual clock advances by up to this much each step.
+    pub step_us: u64,
+    /// A random live branch crashes.
+    pub p_crash: f64,
+    /// A random crashed branch restarts from its store.
+    pub p_restart: f64,
+    /// A random live connection breaks.
+    pub p_break: f64,
+    /// A random set of pairs is cut (their connections break) until the next heal.
+    pub p_partition: f64,
+    /// Every partition heals.
+    pub p_heal: f64,
+    /// Each connection that is down and may come up does so with probability 1/2.
+    pub p_reconnect: f64,
+    /// The initiator's snapshot timer fires.
+    pub p_snapshot: f64,
+    /// A random live branch's transfer timer fires (1 to 3 transfers).
+    pub p_transfer: f64,
+    /// Branches with pending events flush (group commit): each with probability 1/2, at least
+    /// one.
+    pub p_flush: f64,
+    /// Probability that a flush crashes its branch, at a random point.
+    pub p_crash_in_flush: f64,
+    /// Bound on the steps of the liveness phase.
+    pub liveness_steps_max: usize,
+    /// Check at every flush that what it sends is durable (the core's contract). The teeth tests
+    /// switch it off to show the end-to-end invariants alone catch a wrong ordering.
+    pub check_sends_durable: bool,
+    /// Test builds only: a deliberate bug switched on in every core, also after restarts.
+    #[cfg(test)]
+    pub(crate) bug: Option<InjectedBug>,
+    /// Test builds only: the shell sends a step's messages before it persists the step.
+    #[cfg(test)]
+    pub(crate) shell_sends_first: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            branches: 4,
+            steps: DEFAULT_STEPS,
+            initial_balance: 1000,
+            max_amount: 50,
+            unacked_per_channel_max: 16,
+            live_snapshots_max: 8,
+            delay_us: (50, 2_000),
+            p_slow: 0.02,
+            step_us: 300,
+            p_crash: 0.003,
+            p_restart: 0.02,
+            p_break: 0.01,
+            p_partition: 0.002,
+            p_heal: 0.004,
+            p_reconnect: 0.04,
+            p_snapshot: 0.01,
+            p_transfer: 0.2,
+            p_flush: 0.25,
+            p_crash_in_flush: 0.01,
+            liveness_steps_max: 200_000,
+            check_sends_durable: true,
+            #[cfg(test)]
+            bug: None,
+            #[cfg(test)]
+            shell_sends_first: false,
+        }
+    }
+}
+
+impl SimOptions {
+    /// The options the seed sweep uses for `seed`: branch count 2..=16 (mostly small), and a
+    /// seed-chosen mix of balances, flow-control limit and fault intensity ("swarm testing").
+    pub fn for_seed(seed: u64) -> SimOptions {
+        let mut r = StdRng::seed_from_u64(seed ^ 0x5157_5eed_0b5e_55ed);
+        let branches = match r.gen_range(0..100) {
+            0..=44 => r.gen_range(2..=3),
+            45..=79 => r.gen_range(4..=6),
+            80..=94 => r.gen_range(7..=10),
+            _ => r.gen_range(11..=16),
+        };
+        let faults = [0.3, 1.0, 1.0, 3.0][r.gen_range(0..4)];
+        let mut o = SimOptions {
+            branches,
+            initial_balance: [60, 1000, 1000][r.gen_range(0..3)],
+            max_amount: [5, 50][r.gen_range(0..2)],
+            unacked_per_channel_max: [2, 8, 32][r.gen_range(0..3)],
+            ..SimOptions::default()
+        };
+        o.p_crash *= faults;
+        o.p_break *= faults;
+        o.p_partition *= faults;
+        o.p_crash_in_flush *= faults;
+        o
+    }
+
+    /// Applies `SNAPBANK_SIM_STEPS` and `SNAPBANK_SIM_BRANCHES` if set (panics if one is not a
+    /// number).
+    pub fn with_env_overrides(mut self) -> SimOptions {
+        if let Some(steps) = env_u64(STEPS_ENV) {
+            self.steps = steps as usize;
+        }
+        if let Some(b) = env_u64(BRANCHES_ENV) {
+            self.branches = b as u16;
+        }
+        self
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse() {
+        Ok(x) => Some(x),
+        Err(_) => panic!("{name}={v:?} is not a number"),
+    }
+}
+
+/// What a successful run did (also its fingerprint: two runs of one seed are equal).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    pub seed: u64,
+    pub branches: u16,
+    pub steps: usize,
+    /// Steps the liveness phase took to go quiet.
+    pub liveness_steps: usize,
+    pub deliveries: u64,
+    /// Messages lost: sent on a link that was down or stale, or lost with a break or crash.
+    pub dropped: u64,
+    pub flushes: u64,
+    /// Transfers made (Σ of every channel's final `sent`).
+    pub transfers: u64,
+    /// Global snapshots completed.
+    pub snapshots: u64,
+    /// Of those, completed while faults were still being injected.
+    pub snapshots_during_faults: u64,
+    pub crashes: u64,
+    pub restarts: u64,
+    pub breaks: u64,
+    pub partitions: u64,
+    /// Most messages in flight at once.
+    pub max_in_flight: usize,
+    /// Hash of every action taken, with its step and virtual time.
+    pub trace_hash: u64,
+}
+
+/// Where in a run a failure happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Faults,
+    Liveness,
+    Final,
+}
+
+/// A violated invariant, with everything needed to replay it.
+#[derive(Clone, Debug)]
+pub struct SimFailure {
+    pub seed: u64,
+    pub branches: u16,
+    pub steps: usize,
+    /// The step at which the check failed (liveness steps count on from `steps`).
+    pub step: usize,
+    pub phase: Phase,
+    pub violation: String,
+    /// The last actions before the failure, oldest first.
+    pub recent: Vec<String>,
+    /// The injected bug, if any (test builds).
+    pub bug: Option<String>,
+    /// Whether [`SimOptions::check_sends_durable`] was on.
+    pub contract_check: bool,
+}
+
+impl fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "simulation seed {} FAILED at step {} ({:?} phase; {} branches, {} fault steps{}):",
+            self.seed,
+            self.step,
+            self.phase,
+            self.branches,
+            self.steps,
+            match &self.bug {
+                Some(b) => format!(", injected bug {b}"),
+                None => String::new(),
+            }
+        )?;
+        writeln!(f, "  violation: {}", self.violation)?;
+        writeln!(f, "  last actions (step @ virtual µs: action):")?;
+        for a in &self.recent {
+            writeln!(f, "    {a}")?;
+        }
+        let mut env = String::new();
+        if self.steps != DEFAULT_STEPS {
+            env += &format!("{STEPS_ENV}={} ", self.steps);
+        }
+        if self.branches != SimOptions::for_seed(self.seed).branches {
+            env += &format!("{BRANCHES_ENV}={} ", self.branches);
+        }
+        if let Some(b) = &self.bug {
+            env += &format!("SNAPBANK_SIM_BUG={b} ");
+            if self.contract_check {
+                env += "SNAPBANK_SIM_CONTRACT=1 ";
+            }
+        } else if !self.contract_check {
+            env += "SNAPBANK_SIM_CONTRACT=0 ";
+        }
+        write!(
+            f,
+            "  replay: {env}{SEED_ENV}={} cargo test --release --lib sim::tests::replay_seed -- --nocapture",
+            self.seed
+        )
+    }
+}
+
+impl std::error::Error for SimFailure {}
+
+/// Runs one simulation: `opts.steps` steps with faults, then the liveness phase. Deterministic in
+/// `(seed, opts)`.
+pub fn run(seed: u64, opts: &SimOptions) -> Result<SimStats, SimFailure> {
+    assert!(opts.branches >= 2, "a bank needs at least two branches");
+    let mut sim = Sim::new(seed, opts);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run_all()));
+    let violation = match outcome {
+        Ok(Ok(())) => return Ok(sim.finish_stats()),
+        Ok(Err(v)) => v,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "(non-string panic)".into());
+            format!("panic: {text}")
+        }
+    };
+    Err(SimFailure {
+        seed,
+        branches: opts.branches,
+        steps: opts.steps,
+        step: sim.step,
+        phase: sim.phase,
+        violation,
+        recent: sim
+            .recent
+            .iter()
+            .map(|(s, t, a)| format!("{s} @ {t}: {a:?}"))
+            .collect(),
+        #[cfg(test)]
+        bug: opts.bug.map(bug_name).or(opts
+            .shell_sends_first
+            .then(|| "shell-sends-first".to_string())),
+        #[cfg(not(test))]
+        bug: None,
+        contract_check: opts.check_sends_durable,
+    })
+}
+
+#[cfg(test)]
+fn bug_name(b: InjectedBug) -> String {
+    match b {
+        InjectedBug::AckBeforeDurable => "ack-before-durable".into(),
+        InjectedBug::RecordPastMarker => "record-past-marker".into(),
+    }
+}
+
+// ---- internals ------------------------------------------------------------------------------
+
+/// Where a flush crashes its branch.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum CrashPoint {
+    /// The `Ready` is lost: nothing of it is durable or sent.
+    BeforePersist,
+    /// Persisted, nothing sent.
+    AfterPersist,
+    /// Persisted, a random prefix sent.
+    MidSend,
+}
+
+/// A message, in brief, for the trace.
+#[derive(Clone, Copy, Debug, Hash)]
+enum Brief {
+    Transfers {
+        first: u64,
+        count: usize,
+    },
+    Marker {
+        snapshot: u64,
+        after: u64,
+    },
+    Part {
+        snapshot: u64,
+    },
+    Ack {
+        applied: u64,
+        marker: u64,
+        part: u64,
+    },
+    Hello,
+}
+
+impl Brief {
+    fn of(m: &Message) -> Brief {
+        match m {
+            Message::Transfers { first, amounts } => Brief::Transfers {
+                first: first.0,
+                count: amounts.len(),
+            },
+            Message::Marker { snapshot, after } => Brief::Marker {
+                snapshot: snapshot.0,
+                after: after.0,
+            },
+            Message::Part(p) => Brief::Part {
+                snapshot: p.snapshot.0,
+            },
+            Message::Ack {
+                applied,
+                marker,
+                part,
+            } => Brief::Ack {
+                applied: applied.0,
+                marker: marker.0,
+                part: part.0,
+            },
+            Message::Hello { .. } => Brief::Hello,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash)]
+enum Action {
+    Idle,
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Brief,
+        /// From what is left of a broken connection.
+        stale: bool,
+    },
+    Flush {
+        node: usize,
+        sends: usize,
+        crash: Option<CrashPoint>,
+    },
+    Transfers {
+        node: usize,
+        made: usize,
+    },
+    SnapshotTick,
+    Break {
+        dialler: usize,
+        acceptor: usize,
+    },
+    Partition {
+        pairs: usize,
+    },
+    Heal,
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    Reconnect {
+        links: usize,
+    },
+}
+
+/// FNV-1a as a [`Hasher`], for the trace hash (stable, unlike the std hasher's random keys).
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+struct Node {
+    cfg: CoreConfig,
+    store: MemStore,
+    /// `None` while crashed.
+    core: Option<Branch>,
+    /// Events fed since the last flush.
+    pending: bool,
+    /// The store's state, read back after every commit.
+    dur: DurableState,
+}
+
+struct Queued {
+    at: Micros,
+    msg: Message,
+}
+
+/// What is left of a broken connection's direction: still delivered, in order, but
+/// independently of the connections that replaced it (the old reader may still be running).
+struct Stream {
+    from: usize,
+    to: usize,
+    q: VecDeque<Queued>,
+}
+
+/// Where the next delivery comes from.
+#[derive(Clone, Copy)]
+enum Src {
+    Live(usize, usize),
+    Orphan(usize),
+}
+
+/// The connection `dialler → acceptor`: `q[0]` forward, `q[1]` back (acks).
+#[derive(Default)]
+struct Conn {
+    up: bool,
+    epoch: u64,
+    q: [VecDeque<Queued>; 2],
+}
+
+/// A mirror of one sender's transfer log on one channel, fed from the committed batches, with
+/// prefix sums so the ledger checks are cheap. Cross-checked against the store.
+#[derive(Default)]
+struct ShadowLog {
+    amounts: Vec<Amount>,
+    /// `prefix[s]` = money of seqs `1..=s`.
+    prefix: Vec<u128>,
+}
+
+impl ShadowLog {
+    fn put(&mut self, seq: Seq, amount: Amount) -> Result<(), String> {
+        if self.prefix.is_empty() {
+            self.prefix.push(0);
+        }
+        let s = seq.0 as usize;
+        if s == 0 || s > self.amounts.len() + 1 {
+            return Err(format!(
+                "log write of seq {s} after {} entries leaves a gap",
+                self.amounts.len()
+            ));
+        }
+        if s == self.amounts.len() + 1 {
+            self.amounts.push(amount);
+            let last = self.prefix[s - 1];
+            self.prefix.push(last + amount as u128);
+        } else {
+            // Overwriting a log entry (a sequence number reused after a crash): mirror it.
+            self.amounts[s - 1] = amount;
+            for t in s..=self.amounts.len() {
+                self.prefix[t] = self.prefix[t - 1] + self.amounts[t - 1] as u128;
+            }
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.amounts.len() as u64
+    }
+
+    fn upto(&self, s: Seq) -> Option<u128> {
+        if s.0 == 0 {
+            return Some(0);
+        }
+        self.prefix.get(s.0 as usize).copied()
+    }
+}
+
+const RECENT_MAX: usize = 24;
+
+struct Sim<'a> {
+    opts: &'a SimOptions,
+    n: usize,
+    rng: StdRng,
+    now: Micros,
+    step: usize,
+    phase: Phase,
+    nodes: Vec<Node>,
+    /// `conns[d * n + a]`: the connection `d → a` (the diagonal is unused).
+    conns: Vec<Conn>,
+    /// Leftovers of broken connections, oldest first.
+    orphans: Vec<Stream>,
+    /// `logs[i * n + j]`: the mirror of `i`'s log of transfers to `j`.
+    logs: Vec<ShadowLog>,
+    /// Partitioned pairs `(low, high)`.
+    cut: BTreeSet<(usize, usize)>,
+    genesis: u128,
+    in_flight: usize,
+    /// Branches that committed in this step (their channels' logs get checked in the store).
+    touched: Vec<usize>,
+    stats: SimStats,
+    trace: Fnv,
+    recent: VecDeque<(usize, Micros, Action)>,
+}
+
+impl<'a> Sim<'a> {
+    fn new(seed: u64, opts: &'a SimOptions) -> Sim<'a> {
+        let n = opts.branches as usize;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let entries: Vec<String> = (0..n)
+            .map(|i| format!("127.0.0.1:{}{}", i + 1, if i == 0 { ":S" } else { "" }))
+            .collect();
+        let cluster = cluster_id(&entries, opts.initial_balance);
+        let mut nodes = Vec::with_capacity(n);
+        for me in 0..n {
+            let cfg = CoreConfig {
+                me: BranchId(me as u16),
+                branches: n as u16,
+                initiator: BranchId(0),
+                initial_balance: opts.initial_balance,
+                max_amount: opts.max_amount,
+                unacked_per_channel_max: opts.unacked_per_channel_max,
+                live_snapshots_max: opts.live_snapshots_max,
+                seed: rng.gen(),
+            };
+            let identity = Identity {
+                cluster_id: cluster,
+                branches: entries.clone(),
+                me: cfg.me,
+                initial_balance: opts.initial_balance,
+            };
+            let store = MemStore::new_mem(&identity);
+            let rec = store.recover(&cfg).expect("a fresh store recovers");
+            let dur = rec.state.clone();
+            #[allow(unused_mut)]
+            let mut core = Branch::new(cfg.clone(), rec);
+            #[cfg(test)]
+            if let Some(bug) = opts.bug {
+                core.inject_bug(bug);
+            }
+            nodes.push(Node {
+                cfg,
+                store,
+                core: Some(core),
+                pending: false,
+                dur,
+            });
+        }
+        Sim {
+            opts,
+            n,
+            rng,
+            now: 1_000_000,
+            step: 0,
+            phase: Phase::Faults,
+            nodes,
+            conns: (0..n * n).map(|_| Conn::default()).collect(),
+            orphans: Vec::new(),
+            logs: (0..n * n).map(|_| ShadowLog::default()).collect(),
+            cut: BTreeSet::new(),
+            genesis: opts.initial_balance as u128 * n as u128,
+            in_flight: 0,
+            touched: Vec::new(),
+            stats: SimStats {
+                seed,
+                branches: opts.branches,
+                steps: opts.steps,
+                ..SimStats::default()
+            },
+            trace: Fnv(0xcbf2_9ce4_8422_2325),
+            recent: VecDeque::with_capacity(RECENT_MAX + 1),
+        }
+    }
+
+    fn run_all(&mut self) -> Result<(), String> {
+        // Everyone starts connected.
+        let links = self.reconnect(1.0);
+        self.record(Action::Reconnect { links });
+        self.check()?;
+        for step in 1..=self.opts.steps {
+            self.step = step;
+            self.fault_step()?;
+        }
+        self.stats.snapshots_during_faults = self.nodes[0].dur.completed.0;
+        self.phase = Phase::Liveness;
+        self.liveness()?;
+        self.phase = Phase::Final;
+        self.final_checks()
+    }
+
+    fn record(&mut self, a: Action) {
+        (self.step, self.now, a).hash(&mut self.trace);
+        if self.recent.len() == RECENT_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.step, self.now, a));
+    }
+
+    fn finish_stats(&mut self) -> SimStats {
+        let mut s = self.stats.clone();
+        s.transfers = self
+            .nodes
+            .iter()
+            .flat_map(|nd| nd.dur.out.iter().map(|o| o.sent.0))
+            .sum();
+        s.snapshots = self.nodes[0].dur.completed.0;
+        s.trace_hash = self.trace.finish();
+        s
+    }
+
+    // ---- one step ----------------------------------------------------------------------------
+
+    /// One step: the clock advances and one kind of action is drawn. Deliveries and flushes come
+    /// in batches that grow with the branch count (the branches of a real bank work in parallel):
+    /// up to `branches` due messages, or each branch with pending events with probability 1/2.
+    /// Every action is followed by the checks.
+    fn fault_step(&mut self) -> Result<(), String> {
+        self.now += self.rng.gen_range(0..=self.opts.step_us);
+        let o = self.opts;
+        let table = [
+            o.p_crash,
+            o.p_restart,
+            o.p_break,
+            o.p_partition,
+            o.p_heal,
+            o.p_reconnect,
+            o.p_snapshot,
+            o.p_transfer,
+            o.p_flush,
+        ];
+        let r: f64 = self.rng.gen();
+        let mut acc = 0.0;
+        let choice = table.iter().position(|p| {
+            acc += p;
+            r < acc
+        });
+        let done = match choice {
+            Some(0) => self.random_node(true).map(|c| {
+                self.crash(c);
+                Action::Crash { node: c }
+            }),
+            Some(1) => match self.random_node(false) {
+                Some(c) => Some(self.restart(c)?),
+                None => None,
+            },
+            Some(2) => self.break_random(),
+            Some(3) => Some(self.partition()),
+            Some(4) if !self.cut.is_empty() => {
+                self.cut.clear();
+                Some(Action::Heal)
+            }
+            Some(5) => {
+                let links = self.reconnect(0.5);
+                (links > 0).then_some(Action::Reconnect { links })
+            }
+            Some(6) => self.snapshot_tick(),
+            Some(7) => self.transfer_tick(),
+            Some(8) if self.nodes.iter().any(|nd| nd.pending) => {
+                return self.flush_some(true);
+            }
+            _ => None,
+        };
+        if let Some(a) = done {
+            return self.act(a);
+        }
+        let batch = self.rng.gen_range(1..=self.n);
+        for _ in 0..batch {
+            match self.deliver()? {
+                Some(a) => self.act(a)?,
+                None if batch == 1 => return self.act(Action::Idle),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes each branch with pending events with probability 1/2 (at least one), in random
+    /// order; with `faults`, each flush may crash its branch.
+    fn flush_some(&mut self, faults: bool) -> Result<(), String> {
+        let mut chosen: Vec<usize> = (0..self.n)
+            .filter(|i| self.nodes[*i].pending && self.rng.gen_bool(0.5))
+            .collect();
+        if chosen.is_empty() {
+            chosen.extend(self.random_pending());
+        }
+        while !chosen.is_empty() {
+            let i = chosen.swap_remove(self.rng.gen_range(0..chosen.len()));
+            let crash =
+                (faults && self.rng.gen_bool(self.opts.p_crash_in_flush)).then(|| {
+                    match self.rng.gen_range(0..3) {
+                        0 => CrashPoint::BeforePersist,
+                        1 => CrashPoint::AfterPersist,
+                        _ => CrashPoint::MidSend,
+                    }
+                });
+            let a = self.flush(i, crash)?;
+            self.act(a)?;
+        }
+        Ok(())
+    }
+
+    /// Records an action in the trace, then checks every invariant.
+    fn act(&mut self, a: Action) -> Result<(), String> {
+        self.record(a);
+        self.check()
+    }
+
+    fn alive(&self, i: usize) -> bool {
+        self.nodes[i].core.is_some()
+    }
+
+    /// A random branch that is alive (or crashed, with `alive == false`).
+    fn random_node(&mut self, alive: bool) -> Option<usize> {
+        let count = (0..self.n).filter(|i| self.alive(*i) == alive).count();
+        if count == 0 {
+            return None;
+        }
+        let k = self.rng.gen_range(0..count);
+        (0..self.n).filter(|i| self.alive(*i) == alive).nth(k)
+    }
+
+    fn random_pending(&mut self) -> Option<usize> {
+        let count = self.nodes.iter().filter(|nd| nd.pending).count();
+        if count == 0 {
+            return None;
+        }
+        let k = self.rng.gen_range(0..count);
+        (0..self.n).filter(|i| self.nodes[*i].pending).nth(k)
+    }
+
+    fn core(&mut self, i: usize) -> &mut Branch {
+        self.nodes[i].pending = true;
+        self.nodes[i].core.as_mut().expect("branch is alive")
+    }
+
+    fn snapshot_tick(&mut self) -> Option<Action> {
+        if !self.alive(0) {
+            return None;
+        }
+        let now = self.now;
+        self.core(0).on_snapshot_tick(now);
+        Some(Action::SnapshotTick)
+    }
+
+    fn transfer_tick(&mut self) -> Option<Action> {
+        let node = self.random_node(true)?;
+        let ticks = self.rng.gen_range(1..=3);
+        let mut made = 0;
+        for _ in 0..ticks {
+            made += self.core(node).on_transfer_tick() as usize;
+        }
+        Some(Action::Transfers { node, made })
+    }
+
+    // ---- network -----------------------------------------------------------------------------
+
+    /// Delivers one due message (the clock jumps to the earliest if none is due yet).
+    fn deliver(&mut self) -> Result<Option<Action>, String> {
+        let heads = self
+            .conns
+            .iter()
+            .flat_map(|c| c.q.iter())
+            .chain(self.orphans.iter().map(|o| &o.q))
+            .filter_map(|q| q.front().map(|m| m.at));
+        let Some(earliest) = heads.min() else {
+            return Ok(None);
+        };
+        self.now = self.now.max(earliest);
+        let now = self.now;
+        let due = |q: &VecDeque<Queued>| q.front().is_some_and(|m| m.at <= now);
+        let live = self.conns.iter().flat_map(|c| c.q.iter());
+        let count =
+            live.filter(|q| due(q)).count() + self.orphans.iter().filter(|o| due(&o.q)).count();
+        let mut k = self.rng.gen_range(0..count);
+        let mut pick = None;
+        'find: for (idx, c) in self.conns.iter().enumerate() {
+            for d in 0..2 {
+                if due(&c.q[d]) {
+                    if k == 0 {
+                        pick = Some(Src::Live(idx, d));
+                        break 'find;
+                    }
+                    k -= 1;
+                }
+            }
+        }
+        if pick.is_none() {
+            let o = self.orphans.iter().enumerate().filter(|(_, o)| due(&o.q));
+            pick = o.map(|(i, _)| Src::Orphan(i)).nth(k);
+        }
+        let (m, from, to, stale) = match pick.expect("a due message was counted") {
+            Src::Live(idx, d) => {
+                let m = self.conns[idx].q[d].pop_front().expect("due");
+                let (dialler, acceptor) = (idx / self.n, idx % self.n);
+                match d {
+                    0 => (m, dialler, acceptor, false),
+                    _ => (m, acceptor, dialler, false),
+                }
+            }
+            Src::Orphan(i) => {
+                let o = &mut self.orphans[i];
+                let m = o.q.pop_front().expect("due");
+                let (from, to) = (o.from, o.to);
+                if o.q.is_empty() {
+                    self.orphans.remove(i);
+                }
+                (m, from, to, true)
+            }
+        };
+        self.in_flight -= 1;
+        let brief = Brief::of(&m.msg);
+        if !self.alive(to) {
+            // Queues towards a crashed branch are emptied when it crashes; nothing gets here.
+            return Err(format!("message to crashed #{to} was still queued"));
+        }
+        self.stats.deliveries += 1;
+        self.core(to)
+            .on_message(BranchId(from as u16), m.msg, now)
+            .map_err(|e| {
+                let via = if stale {
+                    "a broken connection"
+                } else {
+                    "a live connection"
+                };
+                format!("#{to} rejected {brief:?} from #{from} (via {via}): {e}")
+            })?;
+        Ok(Some(Action::Deliver {
+            from,
+            to,
+            msg: brief,
+            stale,
+        }))
+    }
+
+    fn enqueue(&mut self, from: usize, out: Outgoing) -> Result<(), String> {
+        let to = out.to.index();
+        if to == from || to >= self.n {
+            return Err(format!("#{from} sent to #{to}"));
+        }
+        out.msg
+            .validate()
+            .map_err(|e| format!("#{from} sent an invalid message to #{to}: {e}"))?;
+        let is_ack = matches!(out.msg, Message::Ack { .. });
+        let (idx, d) = match out.link {
+            Link::Out { epoch } => {
+                if is_ack || matches!(out.msg, Message::Hello { .. }) {
+                    return Err(format!("#{from} sent {:?} on its outgoing link", out.msg));
+                }
+                let idx = from * self.n + to;
+                let c = &self.conns[idx];
+                if !c.up || c.epoch != epoch {
+                    self.stats.dropped += 1;
+                    return Ok(());
+                }
+                (idx, 0)
+            }
+            Link::In => {
+                if !is_ack {
+                    return Err(format!(
+                        "#{from} sent {:?} back on an inbound link",
+                        out.msg
+                    ));
+                }
+                let idx = to * self.n + from;
+                if !self.conns[idx].up {
+                    self.stats.dropped += 1;
+                    return Ok(());
+                }
+                (idx, 1)
+            }
+        };
+        let (lo, hi) = self.opts.delay_us;
+        let mut delay = self.rng.gen_range(lo..=hi.max(lo));
+        if self.rng.gen_bool(self.opts.p_slow) {
+            delay *= 10;
+        }
+        let q = &mut self.conns[idx].q[d];
+        let at = q.back().map_or(0, |m| m.at).max(self.now + delay);
+        q.push_back(Queued { at, msg: out.msg });
+        self.in_flight += 1;
+        self.stats.max_in_flight = self.stats.max_in_flight.max(self.in_flight);
+        Ok(())
+    }
+
+    /// A connection's direction ends: a random prefix of what it holds (what the receiver's
+    /// kernel already had) stays readable, as a stream of its own that newer connections do not
+    /// wait for; the rest is lost.
+    fn retire(&mut self, idx: usize, d: usize) {
+        let mut q = std::mem::take(&mut self.conns[idx].q[d]);
+        let keep = self.rng.gen_range(0..=q.len());
+        self.count_lost(q.len() - keep);
+        q.truncate(keep);
+        if !q.is_empty() {
+            let (dialler, acceptor) = (idx / self.n, idx % self.n);
+            let (from, to) = if d == 0 {
+                (dialler, acceptor)
+            } else {
+                (acceptor, dialler)
+            };
+            self.orphans.push(Stream { from, to, q });
+        }
+    }
+
+    fn count_lost(&mut self, lost: usize) {
+        self.in_flight -= lost;
+        self.stats.dropped += lost as u64;
+    }
+
+    /// The connection `d → a` breaks (if up).
+    fn break_conn(&mut self, dialler: usize, acceptor: usize) -> bool {
+        let idx = dialler * self.n + acceptor;
+        if !self.conns[idx].up {
+            return false;
+        }
+        self.conns[idx].up = false;
+        self.retire(idx, 0);
+        self.retire(idx, 1);
+        self.stats.breaks += 1;
+        if self.alive(dialler) {
+            self.core(dialler).on_link_down(BranchId(acceptor as u16));
+        }
+        true
+    }
+
+    fn break_random(&mut self) -> Option<Action> {
+        let count = self.conns.iter().filter(|c| c.up).count();
+        if count == 0 {
+            return None;
+        }
+        let k = self.rng.gen_range(0..count);
+        let idx = (0..self.conns.len())
+            .filter(|i| self.conns[*i].up)
+            .nth(k)
+            .expect("counted");
+        let (dialler, acceptor) = (idx / self.n, idx % self.n);
+        self.break_conn(dialler, acceptor);
+        Some(Action::Break { dialler, acceptor })
+    }
+
+    fn partition(&mut self) -> Action {
+        let n = self.n;
+        let mut pairs = Vec::new();
+        if self.rng.gen_bool(0.5) {
+            // A split into two sides.
+            let side: Vec<bool> = loop {
+                let s: Vec<bool> = (0..n).map(|_| self.rng.gen_bool(0.5)).collect();
+                if s.iter().any(|x| *x) && s.iter().any(|x| !*x) {
+                    break s;
+                }
+            };
+            for a in 0..n {
+                for b in a + 1..n {
+                    if side[a] != side[b] {
+                        pairs.push((a, b));
+                    }
+                }
+            }
+        } else {
+            for a in 0..n {
+                for b in a + 1..n {
+                    if self.rng.gen_bool(0.25) {
+                        pairs.push((a, b));
+                    }
+                }
+            }
+        }
+        for &(a, b) in &pairs {
+            self.cut.insert((a, b));
+            self.break_conn(a, b);
+            self.break_conn(b, a);
+        }
+        self.stats.partitions += 1;
+        Action::Partition { pairs: pairs.len() }
+    }
+
+    /// Each connection that is down, between live branches not cut apart, comes up with
+    /// probability `p`. Returns how many did.
+    fn reconnect(&mut self, p: f64) -> usize {
+        let mut links = 0;
+        for d in 0..self.n {
+            for a in 0..self.n {
+                let idx = d * self.n + a;
+                if d == a
+                    || self.conns[idx].up
+                    || !self.alive(d)
+                    || !self.alive(a)
+                    || self.cut.contains(&(d.min(a), d.max(a)))
+                {
+                    continue;
+                }
+                if p < 1.0 && !self.rng.gen_bool(p) {
+                    continue;
+                }
+                let c = &mut self.conns[idx];
+                c.up = true;
+                c.epoch += 1;
+                let epoch = c.epoch;
+                self.core(d).on_link_up(BranchId(a as u16), epoch);
+                self.core(a).on_inbound_up(BranchId(d as u16));
+                links += 1;
+            }
+        }
+        links
+    }
+
+    // ---- branches ----------------------------------------------------------------------------
+
+    /// Branch `c` dies: its core and whatever is queued towards it are lost; of what it queued,
+    /// a random prefix per direction survives; its connections go down.
+    fn crash(&mut self, c: usize) {
+        self.nodes[c].core = None;
+        self.nodes[c].pending = false;
+        self.stats.crashes += 1;
+        for x in 0..self.n {
+            if x == c {
+                continue;
+            }
+            // c dialled x: forward is c's, back is towards c.
+            let out = c * self.n + x;
+            self.conns[out].up = false;
+            let lost = std::mem::take(&mut self.conns[out].q[1]).len();
+            self.count_lost(lost);
+            self.retire(out, 0);
+            // x dialled c: forward is towards c, back is c's acks.
+            let inc = x * self.n + c;
+            let lost = std::mem::take(&mut self.conns[inc].q[0]).len();
+            self.count_lost(lost);
+            self.retire(inc, 1);
+            if std::mem::take(&mut self.conns[inc].up) && self.alive(x) {
+                self.core(x).on_link_down(BranchId(c as u16));
+            }
+        }
+        let lost: usize = self
+            .orphans
+            .iter()
+            .filter(|o| o.to == c)
+            .map(|o| o.q.len())
+            .sum();
+        self.orphans.retain(|o| o.to != c);
+        self.count_lost(lost);
+    }
+
+    fn restart(&mut self, c: usize) -> Result<Action, String> {
+        let mut cfg = self.nodes[c].cfg.clone();
+        cfg.seed = self.rng.gen();
+        let rec = self.nodes[c]
+            .store
+            .recover(&cfg)
+            .map_err(|e| format!("#{c} cannot recover: {e}"))?;
+        if rec.state != self.nodes[c].dur {
+            return Err(format!("#{c} recovered a state other than its store's"));
+        }
+        #[allow(unused_mut)]
+        let mut core = Branch::new(cfg, rec);
+        #[cfg(test)]
+        if let Some(bug) = self.opts.bug {
+            core.inject_bug(bug);
+        }
+        self.nodes[c].core = Some(core);
+        self.nodes[c].pending = false;
+        self.stats.restarts += 1;
+        Ok(Action::Restart { node: c })
+    }
+
+    /// Group commit at branch `i`: take the `Ready`, persist it, then send, crashing at `crash`.
+    fn flush(&mut self, i: usize, crash: Option<CrashPoint>) -> Result<Action, String> {
+        let ready = self.core(i).take_ready();
+        self.nodes[i].pending = false;
+        self.stats.flushes += 1;
+        #[cfg(test)]
+        if self.opts.shell_sends_first {
+            return self.flush_sending_first(i, ready, crash);
+        }
+        let total = ready.send.len();
+        if crash == Some(CrashPoint::BeforePersist) {
+            self.crash(i);
+            return Ok(Action::Flush {
+                node: i,
+                sends: 0,
+                crash,
+            });
+        }
+        self.commit(i, &ready.persist)?;
+        if self.opts.check_sends_durable {
+            self.check_sends(i, &ready.send)?;
+        }
+        let sends = match crash {
+            None => total,
+            Some(CrashPoint::AfterPersist) => 0,
+            Some(_) => self.rng.gen_range(0..=total),
+        };
+        for out in ready.send.into_iter().take(sends) {
+            self.enqueue(i, out)?;
+        }
+        if crash.is_some() {
+            self.crash(i);
+        }
+        Ok(Action::Flush {
+            node: i,
+            sends,
+            crash,
+        })
+    }
+
+    /// A broken shell (tests only): sends, then persists. `BeforePersist` and `MidSend` crash
+    /// after a random prefix of the sends, without persisting.
+    #[cfg(test)]
+    fn flush_sending_first(
+        &mut self,
+        i: usize,
+        ready: crate::core::Ready,
+        crash: Option<CrashPoint>,
+    ) -> Result<Action, String> {
+        let total = ready.send.len();
+        let sends = match crash {
+            None | Some(CrashPoint::AfterPersist) => total,
+            Some(_) => self.rng.gen_range(0..=total),
+        };
+        for out in ready.send.into_iter().take(sends) {
+            self.enqueue(i, out)?;
+        }
+        if matches!(crash, None | Some(CrashPoint::AfterPersist)) {
+            self.commit(i, &ready.persist)?;
+        }
+        if crash.is_some() {
+            self.crash(i);
+        }
+        Ok(Action::Flush {
+            node: i,
+            sends,
+            crash,
+        })
+    }
+
+    fn commit(&mut self, i: usize, batch: &WriteBatch) -> Result<(), String> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = self.n;
+        self.nodes[i]
+            .store
+            .commit(batch)
+            .map_err(|e| format!("#{i} commit failed: {e}"))?;
+        for &(to, seq, amount) in &batch.transfers {
+            if to.index() >= n || to.index() == i {
+                return Err(format!("#{i} logged a transfer to {to}"));
+            }
+            self.logs[i * n + to.index()]
+                .put(seq, amount)
+                .map_err(|e| format!("#{i} -> {to}: {e}"))?;
+        }
+        if batch.state.is_some() {
+            let st = self.nodes[i]
+                .store
+                .state()
+                .map_err(|e| format!("#{i} state unreadable: {e}"))?;
+            self.nodes[i].dur =
+                st.ok_or_else(|| format!("#{i} committed a state, store has none"))?;
+        }
+        for g in &batch.globals {
+            if i != 0 {
+                return Err(format!(
+                    "#{i} is not the initiator but completed a snapshot"
+                ));
+            }
+            self.check_global(g)?;
+        }
+        self.touched.push(i);
+        Ok(())
+    }
+
+    // ---- liveness ----------------------------------------------------------------------------
+
+    fn liveness(&mut self) -> Result<(), String> {
+        self.step += 1;
+        self.cut.clear();
+        self.record(Action::Heal);
+        for c in 0..self.n {
+            if !self.alive(c) {
+                let a = self.restart(c)?;
+                self.record(a);
+            }
+        }
+        let links = self.reconnect(1.0);
+        self.record(Action::Reconnect { links });
+        self.check()?;
+        let start = self.step;
+        loop {
+            if self.step - start > self.opts.liveness_steps_max {
+                return Err(format!(
+                    "not quiet {} steps after the faults stopped ({} messages in flight)",
+                    self.opts.liveness_steps_max, self.in_flight
+                ));
+            }
+            self.step += 1;
+            self.now += self.rng.gen_range(0..=self.opts.step_us);
+            let pending = self.nodes.iter().any(|nd| nd.pending);
+            if pending && (self.in_flight == 0 || self.rng.gen_bool(0.5)) {
+                self.flush_some(false)?;
+                continue;
+            }
+            if self.in_flight == 0 {
+                break;
+            }
+            let batch = self.rng.gen_range(1..=self.n);
+            for _ in 0..batch {
+                match self.deliver()? {
+                    Some(a) => self.act(a)?,
+                    None => break,
+                }
+            }
+        }
+        self.stats.liveness_steps = self.step - start;
+        Ok(())
+    }
+
+    fn final_checks(&mut self) -> Result<(), String> {
+        let n = self.n;
+        for idx in 0..n * n {
+            if idx / n != idx % n && !self.conns[idx].up {
+                return Err(format!(
+                    "connection #{}->#{} is down after the liveness phase",
+                    idx / n,
+                    idx % n
+                ));
+            }
+        }
+        for i in 0..n {
+            let core = self.nodes[i].core.as_ref().expect("all alive");
+            if core.state() != &self.nodes[i].dur {
+                return Err(format!(
+                    "#{i}: memory differs from the store after everything was flushed"
+                ));
+            }
+            let st = &self.nodes[i].dur;
+            if !st.recording.is_empty() {
+                let ids: Vec<u64> = st.recording.keys().copied().collect();
+                return Err(format!("#{i} is still recording snapshots {ids:?}"));
+            }
+            if core.unacked_total() != 0 {
+                return Err(format!(
+                    "#{i} has {} unacknowledged transfers",
+                    core.unacked_total()
+                ));
+            }
+            for j in (0..n).filter(|j| *j != i) {
+                let o = &st.out[j];
+                let applied = self.nodes[j].dur.inc[i].applied;
+                if applied != o.sent || o.acked != o.sent {
+                    return Err(format!(
+                        "channel #{i}->#{j}: sent {}, applied {applied}, acked {}",
+                        o.sent, o.acked
+                    ));
+                }
+                if !o.markers.is_empty() {
+                    return Err(format!(
+                        "channel #{i}->#{j}: markers never acknowledged: {:?}",
+                        o.markers
+                    ));
+                }
+                // The mirror of the log is the store's log.
+                let sum = self.nodes[i]
+                    .store
+                    .log_sum(BranchId(j as u16), Seq(0), o.sent)
+                    .map_err(|e| format!("#{i} log unreadable: {e}"))?;
+                let shadow = self.logs[i * n + j].upto(o.sent);
+                if !sum.dense || Some(sum.money) != shadow {
+                    return Err(format!(
+                        "#{i}'s log to #{j} (dense {}, money {}) is not what was committed ({shadow:?})",
+                        sum.dense, sum.money
+                    ));
+                }
+            }
+            if i != 0 && st.out[0].part_acked != st.parts_done {
+                return Err(format!(
+                    "#{i}: parts done up to {}, initiator acknowledged {}",
+                    st.parts_done, st.out[0].part_acked
+                ));
+            }
+        }
+        let init = &self.nodes[0].dur;
+        let started = init.next_snapshot.0 - 1;
+        if init.completed.0 != started {
+            return Err(format!(
+                "the initiator started snapshots up to {started} but completed only up to {}",
+                init.completed
+            ));
+        }
+        let globals = self.nodes[0]
+            .store
+            .globals()
+            .map_err(|e| format!("globals unreadable: {e}"))?;
+        let ids: Vec<u64> = globals.iter().map(|g| g.snapshot.0).collect();
+        if ids != (1..=started).collect::<Vec<u64>>() {
+            return Err(format!(
+                "stored global snapshots {ids:?}, expected 1..={started}"
+            ));
+        }
+        for g in &globals {
+            self.check_global(g).map_err(|e| format!("stored {e}"))?;
+        }
+        for (i, nd) in self.nodes.iter().enumerate() {
+            if nd.dur.last_recorded.0 != started || nd.dur.parts_done.0 != started {
+                return Err(format!(
+                    "#{i} recorded up to snapshot {} and finished its part up to {}, {started} were started",
+                    nd.dur.last_recorded, nd.dur.parts_done
+                ));
+            }
+        }
+        let collected = self.nodes[0]
+            .store
+            .collected()
+            .map_err(|e| format!("collected parts unreadable: {e}"))?;
+        if !collected.is_empty() {
+            return Err(format!(
+                "{} collected parts left over after every snapshot completed",
+                collected.len()
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- checks ------------------------------------------------------------------------------
+
+    fn prefix(&self, from: usize, to: usize, upto: Seq) -> Result<u128, String> {
+        let log = &self.logs[from * self.n + to];
+        log.upto(upto).ok_or_else(|| {
+            format!(
+                "#{from}'s log to #{to} has {} entries, seq {upto} is referred to",
+                log.len()
+            )
+        })
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        self.check_durable()?;
+        let touched = std::mem::take(&mut self.touched);
+        for &x in &touched {
+            self.check_store_logs(x)?;
+        }
+        self.check_live()
+    }
+
+    /// Ordering, conservation and ledger over the durable states.
+    fn check_durable(&self) -> Result<(), String> {
+        let n = self.n;
+        let genesis = self.genesis;
+        let mut total: u128 = 0;
+        for i in 0..n {
+            let d = &self.nodes[i].dur;
+            if d.balance as u128 > genesis {
+                return Err(format!(
+                    "#{i} durable balance {} exceeds the bank's total (negative?)",
+                    d.balance
+                ));
+            }
+            total += d.balance as u128;
+        }
+        for i in 0..n {
+            for j in (0..n).filter(|j| *j != i) {
+                let o = &self.nodes[i].dur.out[j];
+                let applied = self.nodes[j].dur.inc[i].applied;
+                if applied > o.sent {
+                    return Err(format!(
+                        "durable: #{j} applied {applied} transfers from #{i}, which durably sent only {} (applied twice or invented)",
+                        o.sent
+                    ));
+                }
+                if o.acked > applied {
+                    return Err(format!(
+                        "durable: #{i} counts {} transfers to #{j} as acknowledged, #{j} durably applied only {applied} (lost)",
+                        o.acked
+                    ));
+                }
+                total += self.prefix(i, j, o.sent)? - self.prefix(i, j, applied)?;
+            }
+        }
+        if total != genesis {
+            return Err(format!(
+                "durable: balances + in flight = {total}, genesis {genesis} (money not conserved)"
+            ));
+        }
+        for i in 0..n {
+            let d = &self.nodes[i].dur;
+            let mut ledger = self.opts.initial_balance as i128;
+            for j in (0..n).filter(|j| *j != i) {
+                ledger += self.prefix(j, i, d.inc[j].applied)? as i128;
+                ledger -= self.prefix(i, j, d.out[j].sent)? as i128;
+            }
+            if ledger != d.balance as i128 {
+                return Err(format!(
+                    "durable: #{i} balance {} but its logs say {ledger} (a transfer applied twice or skipped)",
+                    d.balance
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's own logs on the channels of branch `x`, which just committed.
+    fn check_store_logs(&self, x: usize) -> Result<(), String> {
+        for y in (0..self.n).filter(|y| *y != x) {
+            for (i, j) in [(x, y), (y, x)] {
+                let o = &self.nodes[i].dur.out[j];
+                let applied = self.nodes[j].dur.inc[i].applied;
+                let store = &self.nodes[i].store;
+                let to = BranchId(j as u16);
+                let err = |e| format!("#{i} log unreadable: {e}");
+                let flight = store.log_sum(to, applied, o.sent).map_err(err)?;
+                let want = self.prefix(i, j, o.sent)? - self.prefix(i, j, applied)?;
+                if !flight.dense || flight.money != want {
+                    return Err(format!(
+                        "#{i}'s stored log to #{j} over ({applied}, {}]: dense {}, money {} (expected {want})",
+                        o.sent, flight.dense, flight.money
+                    ));
+                }
+                let unacked = store.log_sum(to, o.acked, o.sent).map_err(err)?;
+                if !unacked.dense {
+                    return Err(format!(
+                        "#{i}'s stored log to #{j} lacks unacknowledged entries in ({}, {}]",
+                        o.acked, o.sent
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ordering and conservation over the live bank: each branch as its core holds it in memory,
+    /// or, while crashed, as its store holds it (what it will restart from).
+    fn check_live(&self) -> Result<(), String> {
+        let n = self.n;
+        let mut total: i128 = 0;
+        for i in 0..n {
+            let st = self.live_state(i);
+            if st.balance as u128 > self.genesis {
+                return Err(format!(
+                    "#{i} balance {} exceeds the bank's total (negative?)",
+                    st.balance
+                ));
+            }
+            total += st.balance as i128;
+            match &self.nodes[i].core {
+                Some(c) => {
+                    total += c.unacked_money() as i128;
+                    let expect: u64 = (0..n).map(|j| st.out[j].sent.0 - st.out[j].acked.0).sum();
+                    if c.unacked_total() as u64 != expect {
+                        return Err(format!(
+                            "#{i} holds {} unacknowledged transfers, its channels say {expect}",
+                            c.unacked_total()
+                        ));
+                    }
+                }
+                None => {
+                    for j in (0..n).filter(|j| *j != i) {
+                        let o = &st.out[j];
+                        total += (self.prefix(i, j, o.sent)? - self.prefix(i, j, o.acked)?) as i128;
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            for j in (0..n).filter(|j| *j != i) {
+                let o = &self.live_state(i).out[j];
+                let applied = self.live_state(j).inc[i].applied;
+                if applied > o.sent {
+                    return Err(format!(
+                        "live: #{j} applied {applied} transfers from #{i}, which sent only {}",
+                        o.sent
+                    ));
+                }
+                if o.acked > applied {
+                    return Err(format!(
+                        "live: #{i} counts {} transfers to #{j} as acknowledged, #{j} applied only {applied} (lost)",
+                        o.acked
+                    ));
+                }
+                // Unacknowledged money includes (acked, applied], which is no longer in flight.
+                total -= (self.prefix(i, j, applied)? - self.prefix(i, j, o.acked)?) as i128;
+            }
+        }
+        if total != self.genesis as i128 {
+            return Err(format!(
+                "live: balances + in flight = {total}, genesis {} (money not conserved)",
+                self.genesis
+            ));
+        }
+        Ok(())
+    }
+
+    fn live_state(&self, i: usize) -> &DurableState {
+        match &self.nodes[i].core {
+            Some(c) => c.state(),
+            None => &self.nodes[i].dur,
+        }
+    }
+
+    /// What a flush sends must already be durable.
+    fn check_sends(&self, i: usize, send: &[Outgoing]) -> Result<(), String> {
+        let d = &self.nodes[i].dur;
+        for Outgoing { to, msg, .. } in send {
+            let p = to.index();
+            let ok = match msg {
+                Message::Transfers { first, amounts } => {
+                    let last = first.0 + amounts.len() as u64 - 1;
+                    let log = &self.logs[i * self.n + p];
+                    last <= d.out[p].sent.0
+                        && amounts
+                            .iter()
+                            .zip(first.0..)
+                            .all(|(a, s)| log.amounts.get(s as usize - 1) == Some(a))
+                }
+                Message::Ack {
+                    applied,
+                    marker,
+                    part,
+                } => {
+                    let inc = &d.inc[p];
+                    *applied <= inc.applied && *marker <= inc.marker && *part <= inc.part
+                }
+                Message::Marker { snapshot, .. } => *snapshot <= d.last_recorded,
+                Message::Part(part) => part.snapshot <= d.parts_done,
+                Message::Hello { .. } => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "#{i} sends {:?} to {to} before it is durable",
+                    Brief::of(msg)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A completed global snapshot conserves money and is a consistent cut.
+    fn check_global(&self, g: &GlobalSnapshot) -> Result<(), String> {
+        let n = self.n;
+        let k = g.snapshot;
+        let mut bad = Vec::new();
+        if !g.conserves_money() || g.expected_total as u128 != self.genesis {
+            bad.push(format!(
+                "totals {} (expected {}, genesis {})",
+                g.total, g.expected_total, self.genesis
+            ));
+        }
+        let sum: u128 = g.parts.iter().map(|p| p.money()).sum();
+        if sum != g.total {
+            bad.push(format!("its parts hold {sum}, its total says {}", g.total));
+        }
+        if g.parts.len() != n {
+            bad.push(format!("{} parts for {n} branches", g.parts.len()));
+            return Err(format!("snapshot {k}: {}", bad.join("; ")));
+        }
+        for (r, part) in g.parts.iter().enumerate() {
+            if part.branch.index() != r || part.snapshot != k {
+                bad.push(format!(
+                    "part {r} is {}'s part of {}",
+                    part.branch, part.snapshot
+                ));
+                continue;
+            }
+            let mut ledger = self.opts.initial_balance as i128;
+            for s in (0..n).filter(|s| *s != r) {
+                let Some(ch) = part.channel_from(BranchId(s as u16)) else {
+                    bad.push(format!("#{r}'s part lacks the channel from #{s}"));
+                    continue;
+                };
+                let Some(sent) = g.parts[s].sent_to(BranchId(r as u16)) else {
+                    bad.push(format!("#{s}'s part lacks the channel to #{r}"));
+                    continue;
+                };
+                let Some(sent_by_r) = part.sent_to(BranchId(s as u16)) else {
+                    bad.push(format!("#{r}'s part lacks the channel to #{s}"));
+                    continue;
+                };
+                ledger += self.prefix(s, r, ch.applied_at_record)? as i128;
+                ledger -= self.prefix(r, s, sent_by_r)? as i128;
+                if ch.applied_at_record > ch.until || ch.until != sent {
+                    bad.push(format!(
+                        "channel #{s}->#{r}: applied at record {}, until {}, sender's cut {sent} (not a consistent cut)",
+                        ch.applied_at_record, ch.until
+                    ));
+                    continue;
+                }
+                let want =
+                    self.prefix(s, r, ch.until)? - self.prefix(s, r, ch.applied_at_record)?;
+                let stored = self.nodes[s]
+                    .store
+                    .log_sum(BranchId(r as u16), ch.applied_at_record, ch.until)
+                    .map_err(|e| format!("#{s} log unreadable: {e}"))?;
+                if ch.money as u128 != want
+                    || ch.count != ch.until.0 - ch.applied_at_record.0
+                    || !stored.dense
+                    || stored.money != want
+                {
+                    bad.push(format!(
+                        "channel #{s}->#{r} recorded {} in {} transfers, the log holds {want} in ({}, {}]",
+                        ch.money, ch.count, ch.applied_at_record, ch.until
+                    ));
+                }
+            }
+            if ledger != part.balance as i128 {
+                bad.push(format!(
+                    "#{r} recorded balance {}, its watermarks say {ledger}",
+                    part.balance
+                ));
+            }
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("snapshot {k}: {}", bad.join("; ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+    use std::time::Instant;
+
+    /// Runs `seeds` on all cores (each seed on its own, deterministically); returns the stats of
+    /// the passing seeds and the failure of the lowest failing seed (seeds above a known failure
+    /// are skipped, seeds below it all run).
+    fn sweep(
+        seeds: std::ops::Range<u64>,
+        opts: impl Fn(u64) -> SimOptions + Sync,
+    ) -> (Vec<SimStats>, Option<SimFailure>) {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8) as u64;
+        let lowest_failure = AtomicU64::new(u64::MAX);
+        let results: Vec<(Vec<SimStats>, Option<SimFailure>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let seeds = seeds.clone();
+                    let (opts, lowest_failure) = (&opts, &lowest_failure);
+                    s.spawn(move || {
+                        let mut ok = Vec::new();
+                        for seed in seeds.filter(|x| x % threads == t) {
+                            if seed > lowest_failure.load(AtomicOrdering::Relaxed) {
+                                break;
+                            }
+                            if seed % 10_000 == 0 && seed > 0 {
+                                println!("sim: at seed {seed}");
+                            }
+                            match run(seed, &opts(seed)) {
+                                Ok(st) => ok.push(st),
+                                Err(f) => {
+                                    lowest_failure.fetch_min(seed, AtomicOrdering::Relaxed);
+                                    return (ok, Some(f));
+                                }
+                            }
+                        }
+                        (ok, None)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("sweep thread"))
+                .collect()
+        });
+        let mut ok = Vec::new();
+        let mut fail: Option<SimFailure> = None;
+        for (s, f) in results {
+            ok.extend(s);
+            if let Some(f) = f {
+                if fail.as_ref().map_or(true, |g| f.seed < g.seed) {
+                    fail = Some(f);
+                }
+            }
+        }
+        (ok, fail)
+    }
+
+    fn steps() -> usize {
+        env_u64(STEPS_ENV).map_or(DEFAULT_STEPS, |s| s as usize)
+    }
+
+    /// Applies `SNAPBANK_SIM_BUG` and `SNAPBANK_SIM_CONTRACT`: with a bug, only the end-to-end
+    /// invariants are checked (as in the teeth tests) unless `SNAPBANK_SIM_CONTRACT=1`.
+    fn bug_from_env(opts: &mut SimOptions) {
+        opts.bug = match std::env::var("SNAPBANK_SIM_BUG").ok().as_deref() {
+            None | Some("") => None,
+            Some("ack-before-durable") => Some(InjectedBug::AckBeforeDurable),
+            Some("record-past-marker") => Some(InjectedBug::RecordPastMarker),
+            Some("shell-sends-first") => {
+                opts.shell_sends_first = true;
+                None
+            }
+            Some(other) => panic!("unknown SNAPBANK_SIM_BUG {other:?}"),
+        };
+        opts.check_sends_durable = match std::env::var("SNAPBANK_SIM_CONTRACT").ok().as_deref() {
+            Some("1") => true,
+            Some("0") => false,
+            _ => opts.bug.is_none() && !opts.shell_sends_first,
+        };
+    }
+
+    #[test]
+    fn many_seeds() {
+        // An unoptimized build is ~10× slower: fewer seeds there unless asked (CI runs --release).
+        let default = if cfg!(debug_assertions) { 50 } else { 500 };
+        let count = env_u64(SEEDS_ENV).unwrap_or(default);
+        let first = env_u64(FIRST_SEED_ENV).unwrap_or(0);
+        let steps = steps();
+        let t = Instant::now();
+        let (ok, fail) = sweep(first..first + count, |seed| {
+            let mut opts = SimOptions {
+                steps,
+                ..SimOptions::for_seed(seed)
+            };
+            bug_from_env(&mut opts);
+            opts
+        });
+        if let Some(f) = fail {
+            panic!("{f}");
+        }
+        assert_eq!(ok.len() as u64, count);
+        let sum = |f: fn(&SimStats) -> u64| ok.iter().map(f).sum::<u64>();
+        println!(
+            "sim: {count} seeds from {first} × {steps} steps passed in {:.1?}: {} transfers, {} deliveries, {} snapshots, {} crashes, {} restarts, {} breaks, {} partitions, {} messages lost, longest liveness phase {} steps",
+            t.elapsed(),
+            sum(|s| s.transfers),
+            sum(|s| s.deliveries),
+            sum(|s| s.snapshots),
+            sum(|s| s.crashes),
+            sum(|s| s.restarts),
+            sum(|s| s.breaks),
+            sum(|s| s.partitions),
+            sum(|s| s.dropped),
+            ok.iter().map(|s| s.liveness_steps).max().unwrap_or(0),
+        );
+    }
+
+    #[test]
+    fn replay_seed() {
+        let Some(seed) = env_u64(SEED_ENV) else {
+            return;
+        };
+        let mut opts = SimOptions::for_seed(seed).with_env_overrides();
+        bug_from_env(&mut opts);
+        match run(seed, &opts) {
+            Ok(st) => println!("seed {seed} passed: {st:?}"),
+            Err(f) => panic!("{f}"),
+        }
+    }
+
+    #[test]
+    fn same_seed_same_run() {
+        for seed in [3, 17, 4242] {
+            let opts = SimOptions::for_seed(seed);
+            let a = run(seed, &opts).unwrap_or_else(|f| panic!("{f}"));
+            let b = run(seed, &opts).unwrap_or_else(|f| panic!("{f}"));
+            assert_eq!(a, b, "seed {seed} ran differently twice");
+            assert!(a.deliveries > 0 && a.transfers > 0, "{a:?}");
+        }
+        // And different seeds do differ.
+        let a = run(1, &SimOptions::for_seed(1)).unwrap_or_else(|f| panic!("{f}"));
+        let b = run(2, &SimOptions::for_seed(2)).unwrap_or_else(|f| panic!("{f}"));
+        assert_ne!(a.trace_hash, b.trace_hash);
+    }
+
+    #[test]
+    fn a_fault_free_run_completes_everything() {
+        let opts = SimOptions {
+            branches: 5,
+            p_crash: 0.0,
+            p_crash_in_flush: 0.0,
+            p_break: 0.0,
+            p_partition: 0.0,
+            ..SimOptions::default()
+        };
+        let st = run(9, &opts).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(st.crashes + st.breaks + st.partitions, 0);
+        assert!(st.snapshots > 0 && st.transfers > 100, "{st:?}");
+    }
+
+    /// Seeds until the simulator reports a failure with `tweak` applied; returns how many it
+    /// took. Only the end-to-end invariants are on, not the send-durability contract check.
+    fn seeds_to_find(what: &str, bound: u64, tweak: impl Fn(&mut SimOptions)) -> (u64, SimFailure) {
+        for seed in 0..bound {
+            let mut opts = SimOptions {
+                check_sends_durable: false,
+                ..SimOptions::for_seed(seed)
+            };
+            tweak(&mut opts);
+            if let Err(f) = run(seed, &opts) {
+                println!("{what} found after {} seed(s):\n{f}", seed + 1);
+                return (seed + 1, f);
+            }
+        }
+        panic!("{what} not found within {bound} seeds: the simulator has no teeth");
+    }
+
+    #[test]
+    fn finds_ack_before_durable() {
+        let (_, f) = seeds_to_find("AckBeforeDurable", 200, |o| {
+            o.bug = Some(InjectedBug::AckBeforeDurable)
+        });
+        assert!(
+            f.violation.contains("(lost)")
+                || f.violation.contains("applied twice")
+                || f.violation.contains("not conserved")
+                || f.violation.contains("unacknowledged"),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn finds_record_past_marker() {
+        let (_, f) = seeds_to_find("RecordPastMarker", 200, |o| {
+            o.bug = Some(InjectedBug::RecordPastMarker)
+        });
+        assert!(f.violation.starts_with("snapshot "), "{f}");
+    }
+
+    /// A shell that sends before it persists is harmless until it crashes in between: this one
+    /// needs the crash model.
+    #[test]
+    fn finds_a_shell_that_sends_before_persisting() {
+        let (_, f) = seeds_to_find("send-before-persist", 200, |o| o.shell_sends_first = true);
+        assert!(f.recent.iter().any(|a| a.contains("crash: Some")), "{f}");
+    }
+
+    #[test]
+    fn the_contract_check_catches_ack_before_durable_at_once() {
+        let opts = SimOptions {
+            bug: Some(InjectedBug::AckBeforeDurable),
+            ..SimOptions::for_seed(0)
+        };
+        let f = run(0, &opts).expect_err("acks leave before they are durable");
+        assert!(f.violation.contains("before it is durable"), "{f}");
+        assert!(f.to_string().contains("SNAPBANK_SIM_SEED=0"), "{f}");
+    }
+
+    #[test]
+    fn a_failure_names_its_seed_and_replays_identically() {
+        let opts = |seed| SimOptions {
+            bug: Some(InjectedBug::RecordPastMarker),
+            check_sends_durable: false,
+            ..SimOptions::for_seed(seed)
+        };
+        let seed = (0..200)
+            .find(|s| run(*s, &opts(*s)).is_err())
+            .expect("found");
+        let opts = opts(seed);
+        let a = run(seed, &opts).expect_err("fails");
+        let b = run(seed, &opts).expect_err("fails again");
+        assert_eq!(
+            (a.step, &a.violation, &a.recent),
+            (b.step, &b.violation, &b.recent)
+        );
+        let text = a.to_string();
+        assert!(
+            text.contains(&format!("SNAPBANK_SIM_SEED={seed} ")),
+            "{text}"
+        );
+        assert!(text.contains("sim::tests::replay_seed"), "{text}");
+    }
+}
