@@ -5,6 +5,7 @@
 //! - [`core`]: the branch protocol as a pure state machine (events in; persist, send, notices out)
 //! - [`wire`]: messages and their length-prefixed CBOR framing
 //! - [`store`]: durable state in sled (and an in-memory twin), key layout and migrations
+//! - [`daemon`]: the `bank` program: flags, store opening, runtime and signals
 //! - [`net`]: the thin tokio shell that runs a core: listener, per-peer links, group commit
 //! - [`audit`]: global consistency checks over the stores of a stopped cluster
 //! - [`restore`]: rewind a stopped cluster to a completed snapshot (rebuilding lost stores)
@@ -14,6 +15,7 @@
 pub mod audit;
 pub mod cli;
 pub mod core;
+pub mod daemon;
 pub mod hosts;
 pub mod net;
 pub mod restore;

@@ -285,3 +285,33 @@ fn start_bank_runs_every_branch_of_its_ip_and_audits() {
         );
     }
 }
+
+/// `cargo run --bin start_bank` on a fresh clone builds only start_bank: it must still run the
+/// branches (as its own binary in branch mode).
+#[test]
+fn start_bank_without_a_bank_binary_beside_it_runs_itself_as_the_branches() {
+    let c = Cluster::new(2, &[]);
+    let alone = c.dir.path().join("alone");
+    std::fs::create_dir_all(&alone).expect("mkdir");
+    let exe = alone.join("start_bank");
+    std::fs::copy(START_BANK, &exe).expect("copy start_bank");
+    let out = Command::new(&exe)
+        .args([
+            "127.0.0.1",
+            "--hosts",
+            c.hosts().to_str().expect("utf8"),
+            "--data-dir",
+            c.data().to_str().expect("utf8"),
+            "--for",
+            "3s",
+            "--snapshot-interval",
+            "300ms",
+        ])
+        .output()
+        .expect("run start_bank");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("audit: CONSISTENT"), "{stdout}");
+    assert!(!completed_snapshots(&stderr).is_empty(), "{stderr}");
+}

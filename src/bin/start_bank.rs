@@ -32,7 +32,15 @@ struct Args {
     flags: BranchFlags,
 }
 
+/// Hidden first argument: run as a branch daemon (used when no `bank` binary sits next to us,
+/// e.g. after `cargo run --bin start_bank` built only this program).
+const AS_BANK: &str = "__bank";
+
 fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    if argv.nth(1).is_some_and(|a| a == AS_BANK) {
+        return snapbank::daemon::main(std::iter::once("bank".into()).chain(argv));
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -70,11 +78,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             hosts
         );
     }
-    let bank = std::env::current_exe()?
-        .parent()
-        .map(|d| d.join("bank"))
-        .filter(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("cannot find the `bank` binary next to start_bank"))?;
+    let me = std::env::current_exe()?;
+    // The `bank` binary next to us if it was built, else this binary in branch mode.
+    let (bank, mode): (PathBuf, &[&str]) = match me.parent().map(|d| d.join("bank")) {
+        Some(p) if p.is_file() => (p, &[]),
+        _ => (me.clone(), &[AS_BANK]),
+    };
     // Handlers first: a signal that arrives while the branches start is still forwarded.
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
@@ -83,7 +92,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for id in &mine {
         let addr = hosts.addr(*id).to_string();
         let mut cmd = Command::new(&bank);
-        cmd.arg(&addr)
+        cmd.args(mode)
+            .arg(&addr)
             .arg("--hosts")
             .arg(&args.hosts)
             .arg("--data-dir")
