@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -90,8 +90,9 @@ enum Event {
     InboundUp { peer: BranchId },
 }
 
-/// Acknowledgement writers of the current inbound connection from each peer.
-type InboundWriters = Arc<Mutex<Vec<Option<(u64, mpsc::UnboundedSender<Message>)>>>>;
+/// Acknowledgement slot of the current inbound connection from each peer. Acks are cumulative,
+/// so a slot holds only the latest: a peer that stops reading cannot make it grow.
+type InboundWriters = Arc<Mutex<Vec<Option<(u64, watch::Sender<Option<Message>>)>>>>;
 
 fn now_us() -> Micros {
     SystemTime::now()
@@ -305,7 +306,7 @@ fn commit_then_send(
                 }
                 Link::In => {
                     if let Some((_, tx)) = &acks[out.to.index()] {
-                        let _ = tx.send(out.msg);
+                        tx.send_replace(Some(out.msg));
                     }
                 }
             }
@@ -662,7 +663,7 @@ async fn inbound_conn(
         return;
     }
     let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Message>();
+    let (ack_tx, mut ack_rx) = watch::channel::<Option<Message>>(None);
     {
         let mut w = inbound.lock().unwrap_or_else(|p| p.into_inner());
         // A newer connection from the same peer replaces the old one; the old reader stops.
@@ -678,18 +679,17 @@ async fn inbound_conn(
                 let _ = sink.flush().await;
                 return;
             }
-            a = ack_rx.recv() => match a {
-                Some(msg) => {
-                    let mut res = sink.feed(msg).await;
-                    while let (true, Ok(m)) = (res.is_ok(), ack_rx.try_recv()) {
-                        res = sink.feed(m).await;
-                    }
-                    if let Err(e) = res.and(sink.flush().await) {
-                        break e.to_string();
+            changed = ack_rx.changed() => match changed {
+                Ok(()) => {
+                    let latest = ack_rx.borrow_and_update().clone();
+                    if let Some(msg) = latest {
+                        if let Err(e) = sink.send(msg).await {
+                            break e.to_string();
+                        }
                     }
                 }
                 // Replaced by a newer connection from the same peer.
-                None => break "replaced by a newer connection".to_string(),
+                Err(_) => break "replaced by a newer connection".to_string(),
             },
             f = stream.next() => match f {
                 Some(Ok(msg @ (Message::Transfers { .. } | Message::Marker { .. } | Message::Part(_)))) => {
