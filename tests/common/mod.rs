@@ -1,9 +1,9 @@
 //! A loopback cluster of real `bank` processes for end-to-end tests.
 #![allow(dead_code)]
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -304,8 +304,4 @@ pub fn startup_balances(log: &str) -> Vec<u64> {
 
 pub fn sleep(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
-}
-
-pub fn touch(p: &Path) -> File {
-    File::create(p).expect("create file")
 }
