@@ -18,15 +18,22 @@ struct Args {
     cmd: Cmd,
 }
 
+/// Which cluster's stores to read.
+#[derive(clap::Args, Debug)]
+struct Stores {
+    #[command(flatten)]
+    data: DataDir,
+    /// Cross-check the stores against this host.list (default: the branch list they record).
+    #[arg(long, value_name = "FILE")]
+    hosts: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Check that no money was lost or created: snapshots, channels, ledger and current state.
     Audit {
         #[command(flatten)]
-        data: DataDir,
-        /// Cross-check the stores against this host.list (default: the branch list they record).
-        #[arg(long, value_name = "FILE")]
-        hosts: Option<PathBuf>,
+        stores: Stores,
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -35,19 +42,16 @@ enum Cmd {
     /// from the initiator's copy); the cluster then restarts from K with the total intact.
     Restore {
         #[command(flatten)]
-        data: DataDir,
-        #[arg(long, value_name = "FILE")]
-        hosts: Option<PathBuf>,
+        stores: Stores,
         /// The completed snapshot to restore.
         #[arg(long, value_name = "K")]
         snapshot: u64,
     },
-    /// List completed global snapshots.
+    /// List completed global snapshots, then the pending ones and what they wait for.
     Snapshots {
         #[command(flatten)]
-        data: DataDir,
-        #[arg(long, value_name = "FILE")]
-        hosts: Option<PathBuf>,
+        stores: Stores,
+        /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -56,13 +60,9 @@ enum Cmd {
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.cmd {
-        Cmd::Audit { data, hosts, json } => cmd_audit(&data, hosts, json),
-        Cmd::Snapshots { data, hosts, json } => cmd_snapshots(&data, hosts, json),
-        Cmd::Restore {
-            data,
-            hosts,
-            snapshot,
-        } => cmd_restore(&data, hosts, snapshot),
+        Cmd::Audit { stores, json } => cmd_audit(&stores.data, stores.hosts, json),
+        Cmd::Snapshots { stores, json } => cmd_snapshots(&stores.data, stores.hosts, json),
+        Cmd::Restore { stores, snapshot } => cmd_restore(&stores.data, stores.hosts, snapshot),
     }
 }
 
