@@ -1483,18 +1483,7 @@ impl<'a> Sim<'a> {
             for j in (0..n).filter(|j| *j != i) {
                 let o = &self.nodes[i].dur.out[j];
                 let applied = self.nodes[j].dur.inc[i].applied;
-                if applied > o.sent {
-                    return Err(format!(
-                        "durable: #{j} applied {applied} transfers from #{i}, which durably sent only {} (applied twice or invented)",
-                        o.sent
-                    ));
-                }
-                if o.acked > applied {
-                    return Err(format!(
-                        "durable: #{i} counts {} transfers to #{j} as acknowledged, #{j} durably applied only {applied} (lost)",
-                        o.acked
-                    ));
-                }
+                check_channel_order("durable", i, j, o, applied)?;
                 total += self.prefix(i, j, o.sent)? - self.prefix(i, j, applied)?;
             }
         }
@@ -1586,18 +1575,7 @@ impl<'a> Sim<'a> {
             for j in (0..n).filter(|j| *j != i) {
                 let o = &self.live_state(i).out[j];
                 let applied = self.live_state(j).inc[i].applied;
-                if applied > o.sent {
-                    return Err(format!(
-                        "live: #{j} applied {applied} transfers from #{i}, which sent only {}",
-                        o.sent
-                    ));
-                }
-                if o.acked > applied {
-                    return Err(format!(
-                        "live: #{i} counts {} transfers to #{j} as acknowledged, #{j} applied only {applied} (lost)",
-                        o.acked
-                    ));
-                }
+                check_channel_order("live", i, j, o, applied)?;
                 // Unacknowledged money includes (acked, applied], which is no longer in flight.
                 total -= (self.prefix(i, j, applied)? - self.prefix(i, j, o.acked)?) as i128;
             }
@@ -1735,6 +1713,29 @@ impl<'a> Sim<'a> {
             Err(format!("snapshot {k}: {}", bad.join("; ")))
         }
     }
+}
+
+/// `acked <= applied <= sent` on channel `i → j`, in one view (`durable` or `live`) of the bank.
+fn check_channel_order(
+    view: &str,
+    i: usize,
+    j: usize,
+    out: &crate::core::OutChannel,
+    applied: crate::types::Seq,
+) -> Result<(), String> {
+    if applied > out.sent {
+        return Err(format!(
+            "{view}: #{j} applied {applied} transfers from #{i}, which sent only {} (applied twice or invented)",
+            out.sent
+        ));
+    }
+    if out.acked > applied {
+        return Err(format!(
+            "{view}: #{i} counts {} transfers to #{j} as acknowledged, #{j} applied only {applied} (lost)",
+            out.acked
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
