@@ -7,39 +7,50 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Flags of one branch daemon.
+/// Flags of one branch daemon. Every value may start with `-`, so that `--initial-balance -5` is
+/// refused as a bad value of that flag rather than as an unknown argument `-5`.
 #[derive(Args, Clone, Debug)]
 pub struct BranchFlags {
     /// Money each branch starts with.
-    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        default_value_t = 1_000_000,
+        value_name = "N"
+    )]
     pub initial_balance: u64,
     /// Largest single transfer (each is 1..=min(this, balance)).
-    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_amount: u64,
     /// Time between transfers: a range like `2s..5s`, a fixed `10ms`, or `0s` for as fast as possible.
-    #[arg(long, default_value = "1ms..5ms", value_name = "RANGE")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        default_value = "1ms..5ms",
+        value_name = "RANGE"
+    )]
     pub transfer_interval: Pace,
     /// Time between snapshots started by the initiator.
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "5s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub snapshot_interval: Duration,
     /// Seed of the transfer generator (random if not given; logged so a run can be repeated).
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub seed: Option<u64>,
     /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, allow_hyphen_values = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Unacknowledged transfers allowed per outgoing channel (flow control).
-    #[arg(long, default_value_t = 8192, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 8192, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub unacked_max: u64,
     /// Report a snapshot still incomplete after this long, naming the channels and branches it
     /// waits for (it still completes when it can).
-    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "10s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub snapshot_warn_after: Duration,
     /// How often a branch logs its status line.
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "5s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub status_interval: Duration,
     /// On SIGINT/SIGTERM, how long in-flight transfers get to be acknowledged before exit.
-    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "1s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub settle: Duration,
 }
 
@@ -92,12 +103,51 @@ pub struct DataDir {
     pub data_dir: PathBuf,
 }
 
+/// How a branch proves who it is and protects its links.
+#[derive(Args, Clone, Debug)]
+pub struct KeyArgs {
+    /// The cluster key file (default: cluster.key in --data-dir). Make one with `snapctl keygen`
+    /// (start_bank makes one when none exists) and copy it to every host, like host.list.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub key: Option<PathBuf>,
+    /// Run without authentication or encryption: any process that reaches a branch's port could
+    /// move money. For experiments only; every branch of the cluster must then run with it.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl KeyArgs {
+    /// The key file to use.
+    pub fn path(&self, data: &DataDir) -> PathBuf {
+        self.key
+            .clone()
+            .unwrap_or_else(|| data.data_dir.join(DEFAULT_KEY_FILE))
+    }
+}
+
+/// Name of the key file in the data directory when `--key` is not given.
+pub const DEFAULT_KEY_FILE: &str = "cluster.key";
+
 /// Logs to stderr; `level` (if any) wins over `RUST_LOG`, default `info`.
 pub fn init_logging(level: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l).map_err(|e| format!("bad --log-level '{l}': {e}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    let spec = match level {
+        Some(l) => {
+            EnvFilter::try_new(l).map_err(|e| format!("bad --log-level '{l}': {e}"))?;
+            l.to_string()
+        }
+        None => std::env::var("RUST_LOG")
+            .ok()
+            .filter(|s| EnvFilter::try_new(s).is_ok())
+            .unwrap_or_else(|| "info".to_string()),
+    };
+    // sled logs what it finds wrong in a damaged store, which the branch then reports in its one
+    // error line naming the store; its lines stay out unless the filter names sled
+    // (`--log-level info,sled=warn`).
+    let filter = if spec.contains("sled") || spec.trim().is_empty() {
+        EnvFilter::new(spec)
+    } else {
+        EnvFilter::new(format!("{spec},sled=off"))
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -106,6 +156,20 @@ pub fn init_logging(level: Option<&str>) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .init();
     Ok(())
+}
+
+/// An error and its causes on one line, each cause once (an error whose message already quotes
+/// its source, like "cannot listen on ADDR: Address in use", would otherwise repeat it).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line.replace('\n', " ")
 }
 
 /// The audit as a table for people.

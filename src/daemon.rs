@@ -1,10 +1,11 @@
 //! The branch daemon behind `bank IP:PORT` (and behind `start_bank`, which runs it in a child
 //! process of its own binary when no `bank` binary was built next to it).
 
-use crate::cli::{init_logging, BranchFlags, DataDir};
+use crate::cli::{error_line, init_logging, BranchFlags, DataDir, KeyArgs};
 use crate::core::CoreConfig;
 use crate::hosts::HostList;
 use crate::net::{run_branch, NodeConfig};
+use crate::secure::{ClusterKey, KeyError, Security};
 use crate::store::{branch_dir, Identity, SledStore, StoreError};
 use clap::Parser;
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ struct Args {
     #[command(flatten)]
     data: DataDir,
     #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
     flags: BranchFlags,
 }
 
@@ -44,7 +47,7 @@ where
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bank: error: {e:#}");
+            eprintln!("bank: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -71,6 +74,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             f.initial_balance
         );
     }
+    let security = if args.key.insecure {
+        tracing::warn!(
+            "branch {addr}: running --insecure: links are neither authenticated nor encrypted; any process that reaches this port can move money"
+        );
+        Security::Insecure
+    } else {
+        let path = args.key.path(&args.data);
+        let fresh = !branch_dir(&args.data.data_dir, addr).exists();
+        let key = load_or_make_key(&path, &hosts, fresh && args.key.key.is_none())?;
+        Security::Noise(std::sync::Arc::new(key.branch_keys(&hosts, me, &path)?))
+    };
     let seed = f.seed.unwrap_or_else(rand::random);
     let identity = Identity::new(&hosts, me, f.initial_balance);
     let dir = branch_dir(&args.data.data_dir, addr);
@@ -98,6 +112,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             seed,
         },
         cluster_id: identity.cluster_id,
+        security,
         hosts,
         pace: f.transfer_interval,
         snapshot_interval: f.snapshot_interval,
@@ -126,6 +141,31 @@ fn run(args: Args) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(run_branch(cfg, store, shutdown).await?)
     })?;
     Ok(())
+}
+
+/// Loads the cluster key. A new branch (no store yet) without `--key` whose data directory has
+/// no key file makes one, as the first `start_bank` does: branches starting together on one
+/// host share whichever was written first. A branch that already has a store never makes one:
+/// a lost key file must be copied back from another host, not replaced.
+fn load_or_make_key(
+    path: &std::path::Path,
+    hosts: &HostList,
+    may_make: bool,
+) -> anyhow::Result<ClusterKey> {
+    match ClusterKey::load(path) {
+        Err(KeyError::Missing(_)) if may_make => {
+            match ClusterKey::generate(hosts).write(path, false) {
+                Ok(()) => info!(
+                    "wrote a new cluster key to {} (mode 0600); copy it to every host of the cluster, like host.list",
+                    path.display()
+                ),
+                Err(KeyError::Exists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(ClusterKey::load(path)?)
+        }
+        other => Ok(other?),
+    }
 }
 
 /// A restart can race the previous process's exit for sled's lock: retry briefly.

@@ -6,6 +6,7 @@
 //! - [`wire`]: messages and their length-prefixed CBOR framing
 //! - [`store`]: durable state in sled (and an in-memory twin), key layout and migrations
 //! - [`daemon`]: the `bank` program: flags, store opening, runtime and signals
+//! - [`secure`]: the cluster key file and the Noise handshake and encrypted framing of links
 //! - [`net`]: the thin tokio shell that runs a core: listener, per-peer links, group commit
 //! - [`audit`]: global consistency checks over the stores of a stopped cluster
 //! - [`restore`]: rewind a stopped cluster to a completed snapshot (rebuilding lost stores)
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod hosts;
 pub mod net;
 pub mod restore;
+pub mod secure;
 pub mod sim;
 pub mod snapshot;
 pub mod store;

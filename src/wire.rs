@@ -46,6 +46,8 @@ pub enum WireError {
     Malformed(String),
     #[error("invalid message: {0}")]
     Invalid(String),
+    #[error("frame failed authentication (forged, tampered, replayed, reordered or reflected)")]
+    Unauthentic,
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
 }

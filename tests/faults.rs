@@ -233,6 +233,16 @@ fn multi_host_cluster_in_namespaces_survives_a_link_down() {
         text.push('\n');
     }
     std::fs::write(&list, text).expect("write host.list");
+    // One key file per host, each with the private keys of that host's branches only.
+    let keys = dir.path().join("keys");
+    let out = Command::new(SNAPCTL)
+        .args(["keygen", "--hosts"])
+        .arg(&list)
+        .arg("--per-host")
+        .arg(&keys)
+        .output()
+        .expect("snapctl keygen");
+    assert!(out.status.success(), "{out:?}");
     let data = dir.path().join("data");
     let logs: Vec<std::path::PathBuf> = (1..=3)
         .map(|i| dir.path().join(format!("host{i}.log")))
@@ -253,6 +263,8 @@ fn multi_host_cluster_in_namespaces_survives_a_link_down() {
             .arg(&list)
             .arg("--data-dir")
             .arg(&data)
+            .arg("--key")
+            .arg(keys.join(format!("10.99.0.{i}.key")))
             .args([
                 "--transfer-interval",
                 "0s",

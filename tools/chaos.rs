@@ -265,7 +265,11 @@ fn run(args: Args) -> Result<bool, String> {
         .enumerate()
         .map(|(i, a)| format!("{a}{}\n", if i == 0 { ":S" } else { "" }))
         .collect();
-    std::fs::write(&hosts, text).map_err(|e| e.to_string())?;
+    std::fs::write(&hosts, &text).map_err(|e| e.to_string())?;
+    let list = snapbank::hosts::HostList::parse(&text, "host.list").map_err(|e| e.to_string())?;
+    snapbank::secure::ClusterKey::generate(&list)
+        .write(&dir.join("data").join("cluster.key"), true)
+        .map_err(|e| e.to_string())?;
     let mut cluster = Cluster {
         bank,
         hosts,

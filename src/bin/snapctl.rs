@@ -2,8 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use snapbank::audit::{audit, pending, AuditError, Cluster, PendingView};
-use snapbank::cli::{format_audit, DataDir};
+use snapbank::cli::{format_audit, DataDir, DEFAULT_KEY_FILE};
 use snapbank::hosts::HostList;
+use snapbank::secure::{ClusterKey, KeyError};
 use snapbank::snapshot::GlobalSnapshot;
 use snapbank::types::SnapshotId;
 use std::path::PathBuf;
@@ -47,6 +48,25 @@ enum Cmd {
         #[arg(long, value_name = "K")]
         snapshot: u64,
     },
+    /// Write a new cluster key file (mode 0600): a pre-shared key plus a key pair per branch of
+    /// host.list. Copy it to every host of the cluster, like host.list.
+    Keygen {
+        /// The cluster's branch list.
+        #[arg(long, default_value = "host.list", value_name = "FILE")]
+        hosts: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
+        /// Where to write it (default: cluster.key in --data-dir).
+        #[arg(long, value_name = "FILE", conflicts_with = "per_host")]
+        key: Option<PathBuf>,
+        /// Write one file per host into DIR instead (DIR/<ip>.key), each holding only the private
+        /// keys of that host's branches: then no host can act as a branch of another.
+        #[arg(long, value_name = "DIR")]
+        per_host: Option<PathBuf>,
+        /// Replace an existing key file (every host then needs the new one).
+        #[arg(long)]
+        force: bool,
+    },
     /// List completed global snapshots, then the pending ones and what they wait for.
     Snapshots {
         #[command(flatten)]
@@ -63,7 +83,76 @@ fn main() -> ExitCode {
         Cmd::Audit { stores, json } => cmd_audit(&stores.data, stores.hosts, json),
         Cmd::Snapshots { stores, json } => cmd_snapshots(&stores.data, stores.hosts, json),
         Cmd::Restore { stores, snapshot } => cmd_restore(&stores.data, stores.hosts, snapshot),
+        Cmd::Keygen {
+            hosts,
+            data,
+            key,
+            per_host,
+            force,
+        } => cmd_keygen(&hosts, &data, key, per_host, force),
     }
+}
+
+fn cmd_keygen(
+    hosts: &std::path::Path,
+    data: &DataDir,
+    key: Option<PathBuf>,
+    per_host: Option<PathBuf>,
+    force: bool,
+) -> ExitCode {
+    let hosts = match HostList::load(hosts) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("snapctl: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cluster = ClusterKey::generate(&hosts);
+    let files: Vec<(PathBuf, ClusterKey)> = match per_host {
+        None => vec![(
+            key.unwrap_or_else(|| data.data_dir.join(DEFAULT_KEY_FILE)),
+            cluster,
+        )],
+        Some(dir) => {
+            let mut ips: Vec<std::net::IpAddr> = hosts.branches.iter().map(|a| a.ip()).collect();
+            ips.sort();
+            ips.dedup();
+            ips.iter()
+                .map(|ip| {
+                    let name = format!("{}.key", ip.to_string().replace(':', "_"));
+                    (dir.join(name), cluster.for_host(*ip))
+                })
+                .collect()
+        }
+    };
+    if !force {
+        if let Some((p, _)) = files.iter().find(|(p, _)| p.exists()) {
+            eprintln!(
+                "snapctl: error: {}",
+                KeyError::Exists(p.display().to_string())
+            );
+            return ExitCode::from(2);
+        }
+    }
+    for (path, k) in &files {
+        if let Err(e) = k.write(path, force) {
+            eprintln!("snapctl: error: {e}");
+            return ExitCode::from(2);
+        }
+        let held: Vec<String> = k
+            .branches
+            .iter()
+            .filter(|b| b.private.is_some())
+            .map(|b| b.addr.to_string())
+            .collect();
+        println!(
+            "wrote {} (mode 0600): cluster key for {} branches, private keys of {}",
+            path.display(),
+            k.branches.len(),
+            held.join(", ")
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn load_hosts(path: Option<PathBuf>) -> Result<Option<HostList>, ExitCode> {

@@ -4,8 +4,10 @@ use clap::Parser;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use snapbank::audit::audit;
-use snapbank::cli::{format_audit, BranchFlags, DataDir};
+use snapbank::cli::{error_line, format_audit, BranchFlags, DataDir, KeyArgs};
 use snapbank::hosts::HostList;
+use snapbank::secure::{ClusterKey, KeyError};
+use snapbank::store::{branch_dir, Identity, SledStore};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -25,8 +27,10 @@ struct Args {
     hosts: PathBuf,
     #[command(flatten)]
     data: DataDir,
+    #[command(flatten)]
+    key: KeyArgs,
     /// Stop the branches gracefully after this long and print the audit of their stores.
-    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long = "for", allow_hyphen_values = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
     run_for: Option<Duration>,
     #[command(flatten)]
     flags: BranchFlags,
@@ -55,7 +59,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("start_bank: error: {e:#}");
+            eprintln!("start_bank: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -78,6 +82,42 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             hosts
         );
     }
+    // A store its branch would refuse (another host.list or initial balance, a newer schema,
+    // damaged files, in use) stops start_bank before any branch starts: one error, and no branch
+    // of a new host.list starts a store beside them.
+    for id in &mine {
+        let identity = Identity::new(&hosts, *id, args.flags.initial_balance);
+        SledStore::check(&branch_dir(&args.data.data_dir, hosts.addr(*id)), &identity)?;
+    }
+    let key_args: Vec<std::ffi::OsString> = if args.key.insecure {
+        vec!["--insecure".into()]
+    } else {
+        let path = args.key.path(&args.data);
+        let key = match ClusterKey::load(&path) {
+            Ok(k) => k,
+            Err(KeyError::Missing(_)) => {
+                let k = ClusterKey::generate(&hosts);
+                match k.write(&path, false) {
+                    Ok(()) => {
+                        eprintln!(
+                            "start_bank: wrote a new cluster key to {} (mode 0600); copy it to every host of the cluster, like host.list",
+                            path.display()
+                        );
+                        k
+                    }
+                    // Another start_bank sharing this directory wrote one first: use that.
+                    Err(KeyError::Exists(_)) => ClusterKey::load(&path)?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Refuse here, once, rather than in every branch.
+        for id in &mine {
+            key.branch_keys(&hosts, *id, &path)?;
+        }
+        vec!["--key".into(), path.into_os_string()]
+    };
     let me = std::env::current_exe()?;
     // The `bank` binary next to us if it was built, else this binary in branch mode.
     let (bank, mode): (PathBuf, &[&str]) = match me.parent().map(|d| d.join("bank")) {
@@ -98,6 +138,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .arg(&args.hosts)
             .arg("--data-dir")
             .arg(&args.data.data_dir)
+            .args(&key_args)
             .args(args.flags.to_args(id.0 as u64))
             .stdin(Stdio::null())
             // Should start_bank fail, its branches must not outlive it.

@@ -17,6 +17,7 @@ pub use pace::Pace;
 
 use crate::core::{Branch, CoreConfig, Link, Notice, Ready, Remedy};
 use crate::hosts::HostList;
+use crate::secure::{self, FrameCodec, Preamble, Security, PREAMBLE_LEN};
 use crate::store::{SledStore, StoreError};
 use crate::types::{BranchId, Micros};
 use crate::wire::{Message, MessageCodec, WireError};
@@ -27,6 +28,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
@@ -39,8 +41,11 @@ const INBOX_EVENTS_MAX: usize = 16 * 1024;
 const EVENTS_PER_STEP_MAX: usize = 4096;
 /// Transfers made per step at full speed.
 const TRANSFERS_PER_STEP_MAX: usize = 512;
-/// Time a peer gets to send its `Hello`.
+/// Time a peer gets to complete the handshake and send its `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Inbound connections still in their handshake at once; more are closed at once (strangers
+/// cannot tie up more than this many tasks for more than [`HANDSHAKE_TIMEOUT`]).
+const HANDSHAKES_PENDING_MAX: usize = 128;
 
 /// How a branch runs, beyond the core's own configuration.
 #[derive(Clone, Debug)]
@@ -48,6 +53,8 @@ pub struct NodeConfig {
     pub hosts: HostList,
     pub core: CoreConfig,
     pub cluster_id: u64,
+    /// Noise with the cluster key, or `--insecure` plain frames.
+    pub security: Security,
     pub pace: Pace,
     pub snapshot_interval: Duration,
     /// Wait between connection attempts to a peer.
@@ -413,6 +420,7 @@ async fn outgoing_link(
     let local_ip = cfg.hosts.addr(me).ip();
     let mut epoch = 0u64;
     let mut failures = 0u64;
+    let mut last_failure: Option<String> = None;
     loop {
         let attempt = async {
             let socket = if local_ip.is_ipv4() {
@@ -440,7 +448,11 @@ async fn outgoing_link(
             Ok(f) => f,
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 30 == 0 {
+                // Log the first failure, every change of reason, and every 30th repeat.
+                let reason = e.to_string();
+                let changed = last_failure.as_deref() != Some(reason.as_str());
+                last_failure = Some(reason);
+                if failures == 1 || changed || failures % 30 == 0 {
                     info!(
                         "connecting to {addr}: {e}; retrying every {:?}",
                         cfg.reconnect_interval
@@ -460,6 +472,7 @@ async fn outgoing_link(
             }
         };
         failures = 0;
+        last_failure = None;
         epoch += 1;
         debug!("link to {addr} up (epoch {epoch})");
         if inbox.send(Event::LinkUp { peer, epoch }).await.is_err() {
@@ -546,21 +559,118 @@ enum HandshakeError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Wire(#[from] WireError),
-    #[error("no Hello within {HANDSHAKE_TIMEOUT:?}")]
+    #[error("{0}")]
+    Secure(#[from] secure::HandshakeError),
+    #[error("handshake not completed within {HANDSHAKE_TIMEOUT:?}")]
     Timeout,
-    #[error("closed during handshake")]
+    #[error("closed during handshake: the peer refused us (its log says why; do both run with the same host.list and cluster key file?)")]
     Closed,
-    #[error("refused: {0}")]
+    #[error("{0}")]
     Refused(String),
 }
 
-async fn handshake_dial(
-    stream: TcpStream,
+fn closed_as(e: std::io::Error) -> HandshakeError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        HandshakeError::Closed
+    } else {
+        HandshakeError::Io(e)
+    }
+}
+
+/// Reads a u16-length-prefixed handshake message of at most [`secure::HANDSHAKE_MESSAGE_MAX`].
+async fn read_handshake_message(stream: &mut TcpStream) -> Result<Vec<u8>, HandshakeError> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.map_err(closed_as)?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len > secure::HANDSHAKE_MESSAGE_MAX {
+        return Err(secure::HandshakeError::Malformed(len).into());
+    }
+    let mut msg = vec![0u8; len];
+    stream.read_exact(&mut msg).await.map_err(closed_as)?;
+    Ok(msg)
+}
+
+fn with_length(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + msg.len());
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// The dialler's side of the key exchange: preamble, then (with a key) Noise KKpsk0.
+async fn secure_dial(
+    stream: &mut TcpStream,
     cfg: &NodeConfig,
     peer: BranchId,
-) -> Result<Framed<TcpStream, MessageCodec>, HandshakeError> {
+) -> Result<FrameCodec, HandshakeError> {
+    let pre = Preamble {
+        mode: cfg.security.mode(),
+        cluster: cfg.cluster_id,
+        from: cfg.core.me,
+        to: peer,
+    };
+    match &cfg.security {
+        Security::Insecure => {
+            stream.write_all(&pre.encode()).await?;
+            Ok(FrameCodec::Plain(MessageCodec::default()))
+        }
+        Security::Noise(keys) => {
+            let (init, msg1) = secure::initiate(keys, &pre)?;
+            let mut first = pre.encode().to_vec();
+            first.extend_from_slice(&with_length(&msg1));
+            stream.write_all(&first).await?;
+            let msg2 = read_handshake_message(stream).await?;
+            Ok(FrameCodec::Secure(init.finish(&msg2)?))
+        }
+    }
+}
+
+/// The listener's side: reads and checks the preamble (who calls, from where, in which mode),
+/// then runs the listener's half of Noise. Returns the caller's branch and the codec.
+async fn secure_accept(
+    stream: &mut TcpStream,
+    cfg: &NodeConfig,
+    remote: SocketAddr,
+) -> Result<(BranchId, FrameCodec), HandshakeError> {
+    let mut raw = [0u8; PREAMBLE_LEN];
+    stream.read_exact(&mut raw).await.map_err(closed_as)?;
+    let pre = Preamble::decode(&raw)?;
+    let peer =
+        check_claim(cfg, pre.cluster, pre.from, pre.to, remote).map_err(HandshakeError::Refused)?;
+    let ours = cfg.security.mode();
+    if pre.mode != ours {
+        return Err(secure::HandshakeError::ModeMismatch {
+            theirs: pre.mode,
+            ours,
+        }
+        .into());
+    }
+    match &cfg.security {
+        Security::Insecure => Ok((peer, FrameCodec::Plain(MessageCodec::default()))),
+        Security::Noise(keys) => {
+            let msg1 = read_handshake_message(stream).await?;
+            let (msg2, codec) = secure::respond(keys, &pre, &msg1).map_err(|e| {
+                HandshakeError::Refused(format!(
+                    "{e}; it claimed to be {}",
+                    cfg.hosts.addr(pre.from)
+                ))
+            })?;
+            stream.write_all(&with_length(&msg2)).await?;
+            Ok((peer, FrameCodec::Secure(codec)))
+        }
+    }
+}
+
+async fn handshake_dial(
+    mut stream: TcpStream,
+    cfg: &NodeConfig,
+    peer: BranchId,
+) -> Result<Framed<TcpStream, FrameCodec>, HandshakeError> {
     let me = cfg.core.me;
-    let mut framed = Framed::new(stream, MessageCodec::default());
+    let codec = tokio::time::timeout(HANDSHAKE_TIMEOUT, secure_dial(&mut stream, cfg, peer))
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
+    let mut framed = Framed::new(stream, codec);
     framed
         .send(Message::Hello {
             cluster: cfg.cluster_id,
@@ -578,11 +688,11 @@ async fn handshake_dial(
             Ok(framed)
         }
         Some(Ok(Message::Hello { cluster, from, .. })) => Err(HandshakeError::Refused(format!(
-            "answered as {from} of cluster {cluster:016x}, expected {peer} of {:016x}",
+            "refused: answered as {from} of cluster {cluster:016x}, expected {peer} of {:016x}",
             cfg.cluster_id
         ))),
         Some(Ok(other)) => Err(HandshakeError::Refused(format!(
-            "answered {} instead of Hello",
+            "refused: answered {} instead of Hello",
             kind(&other)
         ))),
         Some(Err(e)) => Err(e.into()),
@@ -599,6 +709,7 @@ async fn accept_loop(
     inbound: InboundWriters,
     stop: CancellationToken,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_PENDING_MAX));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -606,9 +717,14 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, remote)) => {
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    debug!("connection from {remote} closed: {HANDSHAKES_PENDING_MAX} handshakes already pending");
+                    continue;
+                };
                 tokio::spawn(inbound_conn(
                     stream,
                     remote,
+                    permit,
                     cfg.clone(),
                     inbox.clone(),
                     inbound.clone(),
@@ -625,8 +741,9 @@ async fn accept_loop(
 
 /// One connection a peer dialled to us: handshake, then transfers/markers/parts in, acks out.
 async fn inbound_conn(
-    stream: TcpStream,
+    mut stream: TcpStream,
     remote: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
     cfg: NodeConfig,
     inbox: mpsc::Sender<Event>,
     inbound: InboundWriters,
@@ -634,8 +751,29 @@ async fn inbound_conn(
 ) {
     let me = cfg.core.me;
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, MessageCodec::default());
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let (claimed, codec) =
+        match tokio::time::timeout_at(deadline, secure_accept(&mut stream, &cfg, remote)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(HandshakeError::Closed)) => {
+                debug!("connection from {remote} closed during the handshake");
+                return;
+            }
+            Ok(Err(e)) => {
+                warn!("connection from {remote} refused: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!(
+                    "connection from {remote} refused: no handshake within {HANDSHAKE_TIMEOUT:?}"
+                );
+                return;
+            }
+        };
+    let mut framed = Framed::new(stream, codec);
+    // The first encrypted frame proves the dialler holds the session keys (a replayed handshake
+    // cannot produce it): nothing is acted on before it.
+    let hello = match tokio::time::timeout_at(deadline, framed.next()).await {
         Ok(Some(Ok(m))) => m,
         Ok(Some(Err(e))) => {
             warn!("connection from {remote} refused: bad first frame: {e}");
@@ -648,12 +786,17 @@ async fn inbound_conn(
         }
     };
     let peer = match check_hello(&cfg, &hello, remote) {
-        Ok(p) => p,
+        Ok(p) if p == claimed => p,
+        Ok(p) => {
+            warn!("connection from {remote} refused: its preamble claimed {claimed} but its Hello {p}");
+            return;
+        }
         Err(why) => {
             warn!("connection from {remote} refused: {why}");
             return;
         }
     };
+    drop(permit);
     let reply = Message::Hello {
         cluster: cfg.cluster_id,
         from: me,
@@ -711,29 +854,40 @@ async fn inbound_conn(
 }
 
 fn check_hello(cfg: &NodeConfig, hello: &Message, remote: SocketAddr) -> Result<BranchId, String> {
-    let me = cfg.core.me;
     let Message::Hello { cluster, from, to } = hello else {
         return Err(format!("first frame is {}, not Hello", kind(hello)));
     };
-    if *cluster != cfg.cluster_id {
+    check_claim(cfg, *cluster, *from, *to, remote)
+}
+
+/// Whether a caller claiming to be `from` of `cluster`, calling `to`, from `remote` may be it.
+fn check_claim(
+    cfg: &NodeConfig,
+    cluster: u64,
+    from: BranchId,
+    to: BranchId,
+    remote: SocketAddr,
+) -> Result<BranchId, String> {
+    let me = cfg.core.me;
+    if cluster != cfg.cluster_id {
         return Err(format!(
             "cluster {cluster:016x} is not ours ({:016x}); check host.list and --initial-balance",
             cfg.cluster_id
         ));
     }
-    if from.index() >= cfg.hosts.len() || *from == me {
+    if from.index() >= cfg.hosts.len() || from == me {
         return Err(format!("unknown branch {from}"));
     }
-    if *to != me {
+    if to != me {
         return Err(format!("it wanted branch {to}, this is {me}"));
     }
-    let expected_ip = cfg.hosts.addr(*from).ip();
+    let expected_ip = cfg.hosts.addr(from).ip();
     if remote.ip() != expected_ip {
         return Err(format!(
             "claims to be {} but connects from {}",
-            cfg.hosts.addr(*from),
+            cfg.hosts.addr(from),
             remote.ip()
         ));
     }
-    Ok(*from)
+    Ok(from)
 }

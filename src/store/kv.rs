@@ -99,6 +99,8 @@ impl SledKv {
         } else if dir.exists() && !dir.is_dir() {
             return Err(KvError::NotAStore("it is not a directory".into()));
         }
+        // Size of `db` before sled touches it: see the empty-tree check below.
+        let db_len = std::fs::metadata(&db_file).map_or(0, |m| m.len());
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
@@ -107,20 +109,38 @@ impl SledKv {
         // error to report, not a crash.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
         match opened {
+            // sled reads a `db` of zeros or garbage without a snapshot file as an empty database;
+            // a store that held data must not start over (at the initial balance, creating money).
+            Ok(Ok(db)) if db.is_empty() && db_len > NEW_DB_MAX_BYTES => Err(KvError::Corrupt(
+                format!("its db file has {db_len} bytes but no data sled can read ({DAMAGED})"),
+            )),
             Ok(Ok(db)) => Ok(SledKv { db }),
             Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
                 Err(KvError::Locked)
             }
-            Ok(Err(sled::Error::Io(e))) => Err(KvError::Io(e.to_string())),
-            Ok(Err(e)) => Err(KvError::Corrupt(e.to_string())),
-            Err(_) => Err(KvError::Corrupt("sled could not read its files".into())),
+            Ok(Err(e)) => Err(sled_err(e)),
+            Err(_) => Err(KvError::Corrupt(format!(
+                "sled could not read its files ({DAMAGED})"
+            ))),
         }
     }
 }
 
+/// What a store whose files sled cannot read has most likely been through.
+const DAMAGED: &str = "truncated or overwritten files?";
+
+/// A `db` larger than this held data: sled writes about 100 bytes to a new database's `db` before
+/// the store's first commit (schema and identity) is durable, so a branch killed in its very first
+/// milliseconds still finds an empty store it may create. See [`SledKv::open`].
+const NEW_DB_MAX_BYTES: u64 = 1024;
+
 fn sled_err(e: sled::Error) -> KvError {
     match e {
         sled::Error::Io(e) => KvError::Io(e.to_string()),
+        // Its Display is "Read corrupted data at file offset Some(Inline(71)) backtrace ()".
+        sled::Error::Corruption { .. } => {
+            KvError::Corrupt(format!("sled found corrupt data in its files ({DAMAGED})"))
+        }
         other => KvError::Corrupt(other.to_string()),
     }
 }

@@ -131,6 +131,22 @@ impl SledStore {
         let kv = SledKv::open(dir, create.is_some()).map_err(|e| kv_err(dir, e))?;
         BankStore::with_kv(kv, dir.to_path_buf(), create)
     }
+
+    /// Checks, creating nothing, that a branch of `identity` could open the store in `dir`: `Ok`
+    /// when there is no store yet (the branch creates it) or it is a readable store of that
+    /// branch; else the error the branch would stop with. Lets `start_bank` refuse before it
+    /// starts any branch.
+    pub fn check(dir: &Path, identity: &Identity) -> Result<(), StoreError> {
+        if !dir.join("db").is_file() {
+            return Ok(());
+        }
+        let kv = SledKv::open(dir, true).map_err(|e| kv_err(dir, e))?;
+        if kv.is_empty().map_err(|e| kv_err(dir, e))? {
+            return Ok(());
+        }
+        let store = BankStore::with_kv(kv, dir.to_path_buf(), None)?;
+        check_identity(dir, store.identity(), identity)
+    }
 }
 
 impl MemStore {

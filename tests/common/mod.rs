@@ -55,7 +55,12 @@ impl Cluster {
                 }
             })
             .collect();
-        std::fs::write(dir.path().join("host.list"), text).expect("write host.list");
+        std::fs::write(dir.path().join("host.list"), &text).expect("write host.list");
+        // The cluster key, where bank looks by default (DIR/cluster.key).
+        let hosts = snapbank::hosts::HostList::parse(&text, "host.list").expect("host.list");
+        snapbank::secure::ClusterKey::generate(&hosts)
+            .write(&dir.path().join("data").join("cluster.key"), false)
+            .expect("write the cluster key");
         Cluster {
             dir,
             addrs,
@@ -300,6 +305,69 @@ pub fn startup_balances(log: &str) -> Vec<u64> {
             rest.split(',').next()?.trim().parse().ok()
         })
         .collect()
+}
+
+/// `--insecure` if this build's `bank` takes it (links with a cluster key otherwise need a key
+/// file): for tests about something else than the key, run with it.
+pub fn insecure_args() -> &'static [&'static str] {
+    static ARGS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| {
+        let help = Command::new(BANK)
+            .arg("--help")
+            .output()
+            .expect("bank --help");
+        if String::from_utf8_lossy(&help.stdout).contains("--insecure") {
+            &["--insecure"]
+        } else {
+            &[]
+        }
+    })
+}
+
+impl Cluster {
+    /// Runs every branch for `ms` with `start_bank --for` (fast transfers, frequent snapshots),
+    /// so each store holds moved money, and returns the audit of the stores, which must be
+    /// consistent.
+    pub fn populate(&self, ms: u64) -> serde_json::Value {
+        let out = Command::new(START_BANK)
+            .arg("127.0.0.1")
+            .arg("--hosts")
+            .arg(self.hosts())
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(insecure_args())
+            .args(["--for", &format!("{ms}ms"), "--settle", "300ms"])
+            .args(["--transfer-interval", "1ms", "--snapshot-interval", "200ms"])
+            .output()
+            .expect("run start_bank");
+        assert!(
+            out.status.success(),
+            "start_bank: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (code, a) = self.audit();
+        assert_eq!(code, 0, "{a:#}");
+        assert!(
+            a["transfers"].as_u64().unwrap_or(0) > 0,
+            "no money moved: {a:#}"
+        );
+        a
+    }
+}
+
+/// Copies a directory tree (a stopped branch's store).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("dir entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
 }
 
 pub fn sleep(ms: u64) {
