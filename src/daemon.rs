@@ -31,6 +31,14 @@ struct Args {
     key: KeyArgs,
     #[command(flatten)]
     flags: BranchFlags,
+    /// Write this branch's measurements (transfer latency, snapshot durations, start-up times)
+    /// as JSON to FILE every --status-interval and at exit (read by tools/bench).
+    #[arg(long, value_name = "FILE")]
+    stats_file: Option<PathBuf>,
+    /// Benchmarks: start snapshots only in even-numbered wall-clock phases of this length, so
+    /// throughput with and without snapshots can be compared in one run.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    snapshot_phases: Option<Duration>,
 }
 
 /// Runs `bank` with these arguments (the first is the program name).
@@ -39,12 +47,13 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let started = Instant::now();
     let args = Args::parse_from(argv);
     if let Err(e) = init_logging(args.flags.log_level.as_deref()) {
         eprintln!("bank: error: {e}");
         return ExitCode::from(2);
     }
-    match run(args) {
+    match run(args, started) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bank: error: {}", error_line(&e));
@@ -53,7 +62,7 @@ where
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     let hosts = HostList::load(&args.hosts)?;
     let addr: SocketAddr = args
         .branch
@@ -120,6 +129,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         settle: f.settle,
         status_interval: f.status_interval,
         snapshot_warn_after: f.snapshot_warn_after,
+        started,
+        stats_file: args.stats_file.clone(),
+        snapshot_phases: args.snapshot_phases,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

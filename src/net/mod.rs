@@ -12,8 +12,10 @@
 //! [`WriteBatch`]: crate::core::WriteBatch
 
 mod pace;
+mod stats;
 
 pub use pace::Pace;
+use stats::Stats;
 
 use crate::core::{Branch, CoreConfig, Link, Notice, Ready, Remedy};
 use crate::hosts::HostList;
@@ -65,6 +67,12 @@ pub struct NodeConfig {
     pub status_interval: Duration,
     /// A snapshot still waiting after this long is reported, naming what it waits for.
     pub snapshot_warn_after: Duration,
+    /// When the process started (start-up timings are measured from it).
+    pub started: std::time::Instant,
+    /// Where to write [`Stats`] every `status_interval` and at exit.
+    pub stats_file: Option<std::path::PathBuf>,
+    /// Benchmarks: start snapshots only in even wall-clock phases of this length.
+    pub snapshot_phases: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,14 +133,22 @@ pub async fn run_branch(
         })?;
     let recovered = store.recover(&cfg.core)?;
     let mut core = Branch::new(cfg.core.clone(), recovered);
+    let n = cfg.hosts.len();
+    let mut stats = Stats::new(cfg.stats_file.clone(), cfg.started, n, cfg.snapshot_phases);
+    stats.store_opened(core.state());
     info!(
-        "branch {my_addr} ({me}) up: balance {}, {} unacknowledged transfers, last snapshot part {}",
+        "branch {my_addr} ({me}) up: balance {}, {} unacknowledged transfers, last snapshot part {}; store open {:.1} ms after start",
         core.balance(),
         core.unacked_total(),
-        core.state().parts_done
+        core.state().parts_done,
+        cfg.started.elapsed().as_secs_f64() * 1000.0
     );
-
-    let n = cfg.hosts.len();
+    let addr_text = my_addr.to_string();
+    // Benchmarks alternate phases with and without snapshots.
+    let snapshots_now = || {
+        cfg.snapshot_phases
+            .map_or(true, |len| stats::phase_index(len) % 2 == 0)
+    };
     let (inbox_tx, mut inbox) = mpsc::channel::<Event>(INBOX_EVENTS_MAX);
     let links_stop = CancellationToken::new();
     let inbound: InboundWriters = Arc::new(Mutex::new(vec![None; n]));
@@ -196,13 +212,18 @@ pub async fn run_branch(
             }
             _ = tokio::time::sleep_until(stop_at.unwrap_or(far)), if stopping => break,
             _ = snapshot_timer.tick(), if core.is_initiator() && !stopping => {
-                core.on_snapshot_tick(now_us());
+                if snapshots_now() {
+                    core.on_snapshot_tick(now_us());
+                }
             }
             _ = tokio::time::sleep_until(next_transfer.unwrap_or(far)), if next_transfer.is_some() && !stopping => {
                 core.on_transfer_tick();
                 next_transfer = cfg.pace.next_wait(&mut pace_rng).map(|w| tokio::time::Instant::now() + w);
             }
-            _ = status_timer.tick() => log_status(&core, my_addr),
+            _ = status_timer.tick() => {
+                log_status(&core, my_addr);
+                stats.write(&addr_text);
+            }
             _ = pending_timer.tick() => report_pending(&core, &cfg, &mut warned),
             _ = std::future::ready(()), if work_ready => {}
             _ = tokio::time::sleep(Duration::from_millis(2)), if full_speed && !can_transfer && !stopping => {}
@@ -232,13 +253,20 @@ pub async fn run_branch(
             }
         }
         let ready = core.take_ready();
-        commit_then_send(&mut store, ready, &out_links, &inbound, my_addr)?;
+        commit_then_send(&mut store, ready, &out_links, &inbound, my_addr, &mut stats)?;
+        if let Some(t) = stats.after_step(core.state()) {
+            info!(
+                "branch {my_addr}: first transfer sent {:.1} ms after start",
+                t.as_secs_f64() * 1000.0
+            );
+        }
         if stopping && core.unacked_total() == 0 && core.snapshots_in_flight() == 0 {
             break;
         }
     }
     links_stop.cancel();
     store.flush()?;
+    stats.write(&addr_text);
     let st = core.state();
     let summary = RunSummary {
         balance: st.balance,
@@ -298,6 +326,7 @@ fn commit_then_send(
     out_links: &[Option<mpsc::UnboundedSender<(u64, Message)>>],
     inbound: &InboundWriters,
     my_addr: SocketAddr,
+    stats: &mut Stats,
 ) -> Result<(), StoreError> {
     if !ready.persist.is_empty() {
         tokio::task::block_in_place(|| store.commit(&ready.persist))?;
@@ -327,6 +356,7 @@ fn commit_then_send(
                 total,
                 expected,
             } => {
+                stats.snapshot_completed(snapshot.0, duration_us);
                 let ms = duration_us as f64 / 1000.0;
                 if total == expected as u128 {
                     info!("snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected})");

@@ -30,6 +30,8 @@ pub trait Kv {
     fn apply(&mut self, ops: Vec<Op>, durable: bool) -> Result<(), KvError>;
     /// Calls `f` for each entry with `from <= key <= to`, in key order.
     fn for_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<(), KvError>;
+    /// The key of the last entry with `from <= key <= to`, if any.
+    fn last_key_in(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     fn flush(&self) -> Result<(), KvError>;
 }
 
@@ -68,6 +70,14 @@ impl Kv for MemKv {
             f(k, v)?;
         }
         Ok(())
+    }
+
+    fn last_key_in(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self
+            .map
+            .range(from.to_vec()..=to.to_vec())
+            .next_back()
+            .map(|(k, _)| k.clone()))
     }
 
     fn flush(&self) -> Result<(), KvError> {
@@ -175,6 +185,13 @@ impl Kv for SledKv {
             f(&k, &v)?;
         }
         Ok(())
+    }
+
+    fn last_key_in(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        match self.db.range(from..=to).next_back() {
+            Some(item) => Ok(Some(item.map_err(sled_err)?.0.to_vec())),
+            None => Ok(None),
+        }
     }
 
     fn flush(&self) -> Result<(), KvError> {

@@ -1,14 +1,14 @@
 //! Durable state of one branch: one key-value tree, values in CBOR.
 //!
-//! The key layout (schema v1, see `migrations/0001_initial.md`) keeps every write of a step in one
-//! tree so a whole [`WriteBatch`] is applied atomically and flushed once (group commit):
+//! The key layout (schema v2, see `migrations/0002_transfer_runs.md`) keeps every write of a step
+//! in one tree so a whole [`WriteBatch`] is applied atomically and flushed once (group commit):
 //!
 //! | key                          | value                          |
 //! |------------------------------|--------------------------------|
 //! | `m:schema`                   | schema version (u32)           |
 //! | `m:identity`                 | [`Identity`]                   |
 //! | `s`                          | [`DurableState`]               |
-//! | `t` peer(u16 BE) seq(u64 BE) | amount of that outgoing transfer |
+//! | `r` peer(u16 BE) first(u64 BE) | a run of outgoing transfers `first, first+1, …`: their amounts |
 //! | `p` snapshot(u64 BE)         | this branch's [`LocalPart`]    |
 //! | `c` snapshot(u64 BE) branch(u16 BE) | initiator: a collected part |
 //! | `g` snapshot(u64 BE)         | initiator: a [`GlobalSnapshot`] |
@@ -31,9 +31,12 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-const KEY_SCHEMA: &[u8] = b"m:schema";
+/// Most transfers in one run value (a step's transfers to one peer form one run, split at this).
+pub const RUN_TRANSFERS_MAX: usize = 4096;
+
+pub(crate) const KEY_SCHEMA: &[u8] = b"m:schema";
 const KEY_IDENTITY: &[u8] = b"m:identity";
 const KEY_STATE: &[u8] = b"s";
 
@@ -172,12 +175,40 @@ fn kv_err(path: &Path, e: KvError) -> StoreError {
     }
 }
 
-fn key_transfer(peer: BranchId, seq: Seq) -> [u8; 11] {
+/// Key of the run of transfers to `peer` that starts at `first`.
+pub(crate) fn key_run(peer: BranchId, first: Seq) -> [u8; 11] {
     let mut k = [0u8; 11];
-    k[0] = b't';
+    k[0] = b'r';
     k[1..3].copy_from_slice(&peer.0.to_be_bytes());
-    k[3..11].copy_from_slice(&seq.0.to_be_bytes());
+    k[3..11].copy_from_slice(&first.0.to_be_bytes());
     k
+}
+
+/// The first sequence number of a run key.
+fn run_first(key: &[u8]) -> Result<Seq, KvError> {
+    key.get(3..11)
+        .and_then(|b| b.try_into().ok())
+        .map(|b| Seq(u64::from_be_bytes(b)))
+        .ok_or_else(|| KvError::Corrupt("transfer run key of wrong length".into()))
+}
+
+/// Splits `(peer, seq, amount)` entries (each peer's in order) into runs of consecutive
+/// sequence numbers: `(peer, first, amounts)`, at most [`RUN_TRANSFERS_MAX`] each.
+pub(crate) fn runs_of(entries: &[(BranchId, Seq, Amount)]) -> Vec<(BranchId, Seq, Vec<Amount>)> {
+    let mut runs: Vec<(BranchId, Seq, Vec<Amount>)> = Vec::new();
+    let mut open: std::collections::BTreeMap<BranchId, usize> = std::collections::BTreeMap::new();
+    for &(peer, seq, amount) in entries {
+        if let Some(&i) = open.get(&peer) {
+            let (_, first, amounts) = &mut runs[i];
+            if first.0 + amounts.len() as u64 == seq.0 && amounts.len() < RUN_TRANSFERS_MAX {
+                amounts.push(amount);
+                continue;
+            }
+        }
+        open.insert(peer, runs.len());
+        runs.push((peer, seq, vec![amount]));
+    }
+    runs
 }
 
 fn key_part(k: SnapshotId) -> [u8; 9] {
@@ -208,7 +239,7 @@ fn prefix_end(prefix: u8) -> [u8; 11] {
     k
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::into_writer(v, &mut out).expect("CBOR encoding into a Vec");
     out
@@ -373,19 +404,25 @@ impl<K: Kv> BankStore<K> {
         if upto <= after {
             return Ok(());
         }
-        let from = key_transfer(peer, after.next());
-        let to = key_transfer(peer, upto);
+        // Start at the run holding `after + 1` (the last one starting at or before it).
+        let start = self
+            .kv
+            .last_key_in(&key_run(peer, Seq(0)), &key_run(peer, after.next()))
+            .map_err(|e| self.kv_error(e))?
+            .unwrap_or_else(|| key_run(peer, after.next()).to_vec());
+        let to = key_run(peer, upto);
         let path = self.path.clone();
         self.kv
-            .for_range(&from, &to, &mut |k, v| {
-                let seq = k
-                    .get(3..11)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| KvError::Corrupt("transfer key of wrong length".into()))?;
-                let amount: Amount = decode(&path, "transfer amount", v)
+            .for_range(&start, &to, &mut |k, v| {
+                let first = run_first(k)?;
+                let amounts: Vec<Amount> = decode(&path, "transfer run", v)
                     .map_err(|e| KvError::Corrupt(e.to_string()))?;
-                f(Seq(seq), amount);
+                for (i, amount) in amounts.into_iter().enumerate() {
+                    let seq = first.0 + i as u64;
+                    if seq > after.0 && seq <= upto.0 {
+                        f(Seq(seq), amount);
+                    }
+                }
                 Ok(())
             })
             .map_err(|e| self.kv_error(e))
@@ -460,9 +497,9 @@ impl<K: Kv> BankStore<K> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut ops = Vec::with_capacity(batch.transfers.len() + 4);
-        for (peer, seq, amount) in &batch.transfers {
-            ops.push(Op::Put(key_transfer(*peer, *seq).to_vec(), enc(amount)));
+        let mut ops = Vec::with_capacity(8);
+        for (peer, first, amounts) in runs_of(&batch.transfers) {
+            ops.push(Op::Put(key_run(peer, first).to_vec(), enc(&amounts)));
         }
         for part in &batch.parts {
             ops.push(Op::Put(key_part(part.snapshot).to_vec(), enc(part)));
@@ -500,21 +537,38 @@ impl<K: Kv> BankStore<K> {
         wipe: bool,
     ) -> Result<(), StoreError> {
         let mut dead: Vec<Vec<u8>> = Vec::new();
+        // Runs that straddle a channel's new end are cut there.
+        let mut trimmed: Vec<Op> = Vec::new();
+        for (p, out) in state.out.iter().enumerate() {
+            let peer = BranchId(p as u16);
+            let path = self.path.clone();
+            self.kv
+                .for_range(
+                    &key_run(peer, Seq(0)),
+                    &key_run(peer, Seq(u64::MAX)),
+                    &mut |k, v| {
+                        let first = run_first(k)?;
+                        if wipe || first > out.sent {
+                            dead.push(k.to_vec());
+                            return Ok(());
+                        }
+                        let amounts: Vec<Amount> = decode(&path, "transfer run", v)
+                            .map_err(|e| KvError::Corrupt(e.to_string()))?;
+                        let keep = (out.sent.0 - first.0 + 1) as usize;
+                        if amounts.len() > keep {
+                            trimmed.push(Op::Put(k.to_vec(), enc(&amounts[..keep].to_vec())));
+                        }
+                        Ok(())
+                    },
+                )
+                .map_err(|e| kv_err(&self.path, e))?;
+        }
         let mut collect = |from: &[u8], to: &[u8]| {
             self.kv.for_range(from, to, &mut |k, _| {
                 dead.push(k.to_vec());
                 Ok(())
             })
         };
-        for (p, out) in state.out.iter().enumerate() {
-            let peer = BranchId(p as u16);
-            let first = if wipe { Seq(0) } else { out.sent.next() };
-            collect(
-                &key_transfer(peer, first),
-                &key_transfer(peer, Seq(u64::MAX)),
-            )
-            .map_err(|e| kv_err(&self.path, e))?;
-        }
         let after = SnapshotId(keep_upto.0.saturating_add(1));
         let parts_from = if wipe { SnapshotId(0) } else { after };
         collect(&key_part(parts_from), &key_part(SnapshotId(u64::MAX)))
@@ -523,6 +577,7 @@ impl<K: Kv> BankStore<K> {
             .map_err(|e| kv_err(&self.path, e))?;
         collect(b"c", &prefix_end(b'c')).map_err(|e| kv_err(&self.path, e))?;
         let mut ops: Vec<Op> = dead.into_iter().map(Op::Del).collect();
+        ops.extend(trimmed);
         for part in parts {
             ops.push(Op::Put(key_part(part.snapshot).to_vec(), enc(part)));
         }
