@@ -91,8 +91,15 @@ impl Message {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+        let mut rest = bytes;
         let msg: Message =
-            ciborium::from_reader(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+            ciborium::from_reader(&mut rest).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(WireError::Malformed(format!(
+                "{} bytes after the message",
+                rest.len()
+            )));
+        }
         msg.validate()?;
         Ok(msg)
     }
@@ -260,6 +267,16 @@ mod tests {
             amounts: vec![1],
         };
         assert!(Message::decode(&seq0.encode()).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_message_are_refused() {
+        let mut bytes = samples()[4].encode();
+        bytes.extend_from_slice(b"trailing junk");
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(WireError::Malformed(m)) if m.contains("13 bytes after")
+        ));
     }
 
     #[test]
