@@ -39,9 +39,11 @@ pub struct BranchFlags {
     /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
     #[arg(long, allow_hyphen_values = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// Unacknowledged transfers allowed per outgoing channel (flow control).
-    #[arg(long, allow_hyphen_values = true, default_value_t = 8192, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub unacked_max: u64,
+    /// Unacknowledged transfers allowed per outgoing channel (flow control). Default: a budget of
+    /// 4096 per branch shared by its channels (1365 each at 4 branches, 65 at 64), at least 64:
+    /// a marker never queues behind more than that many transfers per branch.
+    #[arg(long, allow_hyphen_values = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub unacked_max: Option<u64>,
     /// Report a snapshot still incomplete after this long, naming the channels and branches it
     /// waits for (it still completes when it can).
     #[arg(long, allow_hyphen_values = true, default_value = "10s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
@@ -66,8 +68,6 @@ impl BranchFlags {
             self.transfer_interval.to_string(),
             "--snapshot-interval".to_string(),
             humantime::format_duration(self.snapshot_interval).to_string(),
-            "--unacked-max".to_string(),
-            self.unacked_max.to_string(),
             "--snapshot-warn-after".to_string(),
             humantime::format_duration(self.snapshot_warn_after).to_string(),
             "--status-interval".to_string(),
@@ -75,6 +75,10 @@ impl BranchFlags {
             "--settle".to_string(),
             humantime::format_duration(self.settle).to_string(),
         ];
+        if let Some(n) = self.unacked_max {
+            a.push("--unacked-max".to_string());
+            a.push(n.to_string());
+        }
         if let Some(seed) = self.seed {
             a.push("--seed".to_string());
             a.push(seed.wrapping_add(seed_offset).to_string());
@@ -86,6 +90,14 @@ impl BranchFlags {
         a
     }
 }
+
+/// Unacknowledged transfers per outgoing channel of one of `branches` branches, by default.
+pub fn default_unacked_max(branches: usize) -> u64 {
+    (UNACKED_PER_BRANCH / branches.saturating_sub(1).max(1) as u64).clamp(64, 8192)
+}
+
+/// The default in-flight budget of one branch, shared by its outgoing channels.
+const UNACKED_PER_BRANCH: u64 = 4096;
 
 fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e}"))?;

@@ -116,7 +116,10 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             initiator: hosts.initiator,
             initial_balance: f.initial_balance,
             max_amount: f.max_amount,
-            unacked_per_channel_max: f.unacked_max as usize,
+            unacked_per_channel_max: f
+                .unacked_max
+                .unwrap_or_else(|| crate::cli::default_unacked_max(hosts.len()))
+                as usize,
             live_snapshots_max: 64,
             seed,
         },
