@@ -329,7 +329,9 @@ fn commit_then_send(
     stats: &mut Stats,
 ) -> Result<(), StoreError> {
     if !ready.persist.is_empty() {
+        let began = std::time::Instant::now();
         tokio::task::block_in_place(|| store.commit(&ready.persist))?;
+        stats.commit_took(began.elapsed());
     }
     if !ready.send.is_empty() {
         let acks = inbound.lock().unwrap_or_else(|p| p.into_inner());

@@ -29,6 +29,8 @@ pub struct Stats {
     applied_at_start: Option<u64>,
     transfers_sent: u64,
     latency: Histogram<u64>,
+    /// Time each step's batch took to become durable (apply plus flush), µs.
+    commits: Histogram<u64>,
     snapshots: VecDeque<SnapshotTime>,
     phase: Option<Duration>,
     phases: BTreeMap<u64, u64>,
@@ -68,6 +70,8 @@ struct File<'a> {
     transfers_sent: u64,
     transfers_applied: u64,
     latency_us: Latency,
+    /// Durations of the store commits (one per step that wrote anything).
+    commit_us: Latency,
     snapshots: Vec<SnapshotTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     phases: Option<Phases>,
@@ -106,6 +110,8 @@ impl Stats {
             transfers_sent: 0,
             // 1 µs .. 10 min, 2 significant figures: a few KiB.
             latency: Histogram::new_with_bounds(1, 600_000_000, 2)
+                .expect("constant histogram bounds are valid"),
+            commits: Histogram::new_with_bounds(1, 600_000_000, 2)
                 .expect("constant histogram bounds are valid"),
             snapshots: VecDeque::new(),
             phase,
@@ -171,6 +177,11 @@ impl Stats {
         first
     }
 
+    /// A step's batch took `d` to become durable.
+    pub fn commit_took(&mut self, d: Duration) {
+        let _ = self.commits.record(d.as_micros().max(1) as u64);
+    }
+
     /// The initiator saw snapshot `id` complete, `duration_us` after it started it.
     pub fn snapshot_completed(&mut self, id: u64, duration_us: u64) {
         self.snapshots.push_back(SnapshotTime { id, duration_us });
@@ -182,7 +193,23 @@ impl Stats {
     /// Rewrites the stats file (atomically), if there is one.
     pub fn write(&self, branch: &str) {
         let Some(path) = &self.path else { return };
-        let h = &self.latency;
+        let summary = |h: &Histogram<u64>| Latency {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            buckets: h
+                .iter_recorded()
+                .map(|v| {
+                    (
+                        h.highest_equivalent(v.value_iterated_to()),
+                        v.count_at_value(),
+                    )
+                })
+                .collect(),
+        };
         let file = File {
             branch,
             pid: std::process::id(),
@@ -193,23 +220,8 @@ impl Stats {
             transfers_applied: self
                 .applied_total
                 .saturating_sub(self.applied_at_start.unwrap_or(self.applied_total)),
-            latency_us: Latency {
-                count: h.len(),
-                p50: h.value_at_quantile(0.50),
-                p90: h.value_at_quantile(0.90),
-                p99: h.value_at_quantile(0.99),
-                p999: h.value_at_quantile(0.999),
-                max: h.max(),
-                buckets: h
-                    .iter_recorded()
-                    .map(|v| {
-                        (
-                            h.highest_equivalent(v.value_iterated_to()),
-                            v.count_at_value(),
-                        )
-                    })
-                    .collect(),
-            },
+            latency_us: summary(&self.latency),
+            commit_us: summary(&self.commits),
             snapshots: self.snapshots.iter().cloned().collect(),
             phases: self.phase.map(|len| Phases {
                 length_ms: len.as_millis() as u64,
