@@ -156,6 +156,28 @@ fn public_key(keys: &BranchKeys, b: BranchId) -> Result<&keys::Key, HandshakeErr
         .ok_or(HandshakeError::UnknownBranch(b))
 }
 
+/// A Noise `KKpsk0` state for `keys.me`, the dialler (`initiator`) or the listener of the
+/// connection `pre` describes; the other side's static key is the one the key file pins for it.
+fn handshake_state(
+    keys: &BranchKeys,
+    pre: &Preamble,
+    initiator: bool,
+) -> Result<snow::HandshakeState, HandshakeError> {
+    let other = if initiator { pre.to } else { pre.from };
+    let prologue = pre.prologue();
+    let builder = snow::Builder::new(params())
+        .local_private_key(&keys.private)
+        .remote_public_key(public_key(keys, other)?)
+        .psk(0, &keys.psk)
+        .prologue(&prologue);
+    let built = if initiator {
+        builder.build_initiator()
+    } else {
+        builder.build_responder()
+    };
+    built.map_err(|_| HandshakeError::Unauthentic(other))
+}
+
 /// The dialler's side, between sending its first message and reading the answer.
 pub struct Initiator {
     state: snow::HandshakeState,
@@ -165,15 +187,7 @@ pub struct Initiator {
 /// Starts a handshake from `keys.me` to `pre.to`; returns the first message (send it after the
 /// preamble, prefixed by its length as a big-endian u16).
 pub fn initiate(keys: &BranchKeys, pre: &Preamble) -> Result<(Initiator, Vec<u8>), HandshakeError> {
-    let remote = public_key(keys, pre.to)?;
-    let prologue = pre.prologue();
-    let mut state = snow::Builder::new(params())
-        .local_private_key(&keys.private)
-        .remote_public_key(remote)
-        .psk(0, &keys.psk)
-        .prologue(&prologue)
-        .build_initiator()
-        .map_err(|_| HandshakeError::Unauthentic(pre.to))?;
+    let mut state = handshake_state(keys, pre, true)?;
     let mut msg = vec![0u8; HANDSHAKE_MESSAGE_MAX];
     let n = state
         .write_message(&[], &mut msg)
@@ -221,15 +235,7 @@ pub fn respond(
     if msg1.len() > HANDSHAKE_MESSAGE_MAX {
         return Err(HandshakeError::Malformed(msg1.len()));
     }
-    let remote = public_key(keys, pre.from)?;
-    let prologue = pre.prologue();
-    let mut state = snow::Builder::new(params())
-        .local_private_key(&keys.private)
-        .remote_public_key(remote)
-        .psk(0, &keys.psk)
-        .prologue(&prologue)
-        .build_responder()
-        .map_err(|_| HandshakeError::Unauthentic(pre.from))?;
+    let mut state = handshake_state(keys, pre, false)?;
     let mut payload = [0u8; HANDSHAKE_MESSAGE_MAX];
     let n = state
         .read_message(msg1, &mut payload)
