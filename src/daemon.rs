@@ -5,7 +5,7 @@ use crate::cli::{error_line, init_logging, BranchFlags, DataDir, KeyArgs};
 use crate::core::CoreConfig;
 use crate::hosts::HostList;
 use crate::net::{run_branch, NodeConfig};
-use crate::secure::{ClusterKey, KeyError, Security};
+use crate::secure::{ClusterKey, Security};
 use crate::store::{branch_dir, Identity, SledStore, StoreError};
 use clap::Parser;
 use std::net::SocketAddr;
@@ -167,20 +167,17 @@ fn load_or_make_key(
     hosts: &HostList,
     may_make: bool,
 ) -> anyhow::Result<ClusterKey> {
-    match ClusterKey::load(path) {
-        Err(KeyError::Missing(_)) if may_make => {
-            match ClusterKey::generate(hosts).write(path, false) {
-                Ok(()) => info!(
-                    "wrote a new cluster key to {} (mode 0600); copy it to every host of the cluster, like host.list",
-                    path.display()
-                ),
-                Err(KeyError::Exists(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-            Ok(ClusterKey::load(path)?)
-        }
-        other => Ok(other?),
+    if !may_make {
+        return Ok(ClusterKey::load(path)?);
     }
+    let (key, created) = ClusterKey::load_or_create(path, hosts)?;
+    if created {
+        info!(
+            "wrote a new cluster key to {} (mode 0600); copy it to every host of the cluster, like host.list",
+            path.display()
+        );
+    }
+    Ok(key)
 }
 
 /// A restart can race the previous process's exit for sled's lock: retry briefly.

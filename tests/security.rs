@@ -338,6 +338,10 @@ fn a_branch_cannot_claim_another_branchs_identity() {
     // From its own IP, claiming branch 0: refused before any cryptography.
     let mut s = dial("127.0.0.23", &c.addr(1));
     assert!(handshake(&mut s, &liar, pre).is_err());
+    // An address that is not in host.list does not even get a handshake slot.
+    let mut s = dial("127.0.0.99", &c.addr(1));
+    let _ = s.write_all(&pre.encode());
+    assert!(closed_by_peer(&mut s), "a stranger's address is cut off");
     // Its own identity still works (it is a branch), which shows the refusals were about identity.
     let mut s = dial("127.0.0.23", &c.addr(1));
     let own = Preamble {

@@ -6,7 +6,7 @@ use nix::unistd::Pid;
 use snapbank::audit::audit;
 use snapbank::cli::{error_line, format_audit, BranchFlags, DataDir, KeyArgs};
 use snapbank::hosts::HostList;
-use snapbank::secure::{ClusterKey, KeyError};
+use snapbank::secure::ClusterKey;
 use snapbank::store::{branch_dir, Identity, SledStore};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -93,25 +93,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         vec!["--insecure".into()]
     } else {
         let path = args.key.path(&args.data);
-        let key = match ClusterKey::load(&path) {
-            Ok(k) => k,
-            Err(KeyError::Missing(_)) => {
-                let k = ClusterKey::generate(&hosts);
-                match k.write(&path, false) {
-                    Ok(()) => {
-                        eprintln!(
-                            "start_bank: wrote a new cluster key to {} (mode 0600); copy it to every host of the cluster, like host.list",
-                            path.display()
-                        );
-                        k
-                    }
-                    // Another start_bank sharing this directory wrote one first: use that.
-                    Err(KeyError::Exists(_)) => ClusterKey::load(&path)?,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let (key, created) = ClusterKey::load_or_create(&path, &hosts)?;
+        if created {
+            eprintln!(
+                "start_bank: wrote a new cluster key to {} (mode 0600); copy it to every host of the cluster, like host.list",
+                path.display()
+            );
+        }
         // Refuse here, once, rather than in every branch.
         for id in &mine {
             key.branch_keys(&hosts, *id, &path)?;

@@ -749,6 +749,12 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, remote)) => {
+                // Only the IPs of host.list may hold a handshake slot: strangers cannot use up
+                // the slots and block the branches' own reconnects.
+                if !cfg.hosts.branches.iter().any(|a| a.ip() == remote.ip()) {
+                    debug!("connection from {remote} closed: not an address of host.list");
+                    continue;
+                }
                 let Ok(permit) = handshakes.clone().try_acquire_owned() else {
                     debug!("connection from {remote} closed: {HANDSHAKES_PENDING_MAX} handshakes already pending");
                     continue;

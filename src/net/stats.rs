@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Snapshot durations kept (the newest).
-const SNAPSHOTS_KEPT_MAX: usize = 100_000;
+const SNAPSHOTS_KEPT_MAX: usize = 10_000;
 /// Phases whose counts are kept (the newest).
 const PHASES_KEPT_MAX: usize = 10_000;
 

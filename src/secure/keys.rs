@@ -267,6 +267,20 @@ impl ClusterKey {
         ClusterKey::parse(&text, &name)
     }
 
+    /// Loads the key file at `path`; when there is none, writes a new one for `hosts` first.
+    /// Of several processes doing this at once, the first writer wins and the others load its
+    /// file. Returns whether this call wrote it.
+    pub fn load_or_create(path: &Path, hosts: &HostList) -> Result<(ClusterKey, bool), KeyError> {
+        match ClusterKey::load(path) {
+            Err(KeyError::Missing(_)) => match ClusterKey::generate(hosts).write(path, false) {
+                Ok(()) => Ok((ClusterKey::load(path)?, true)),
+                Err(KeyError::Exists(_)) => Ok((ClusterKey::load(path)?, false)),
+                Err(e) => Err(e),
+            },
+            other => Ok((other?, false)),
+        }
+    }
+
     /// Writes the key file with mode 0600 (atomically: a temporary file renamed into place).
     /// Refuses to replace an existing file unless `force`.
     pub fn write(&self, path: &Path, force: bool) -> Result<(), KeyError> {
@@ -372,6 +386,9 @@ fn unhex(s: &str) -> Result<Key, String> {
     let mut k = [0u8; 32];
     for (i, out) in k.iter_mut().enumerate() {
         let pair = s.get(2 * i..2 * i + 2).ok_or("not hex")?;
+        if !pair.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err("not hex".to_string());
+        }
         *out = u8::from_str_radix(pair, 16).map_err(|_| "not hex".to_string())?;
     }
     Ok(k)

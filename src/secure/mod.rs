@@ -7,7 +7,10 @@
 //!
 //! - **KK**: both sides know each other's static X25519 public key from the cluster key file, so
 //!   the dialler proves it holds the private key of the branch it claims to be, and the listener
-//!   proves it is the branch that was dialled. A branch cannot impersonate another.
+//!   proves it is the branch that was dialled. With per-host key files (`snapctl keygen
+//!   --per-host`) a host holds only its own branches' private keys and cannot pass for a branch
+//!   of another host; a single cluster key file holds them all, so its holders are one trust
+//!   domain.
 //! - **psk0**: the cluster's pre-shared key is mixed in first: without the key file nobody
 //!   completes a handshake, and keys of another cluster never work here.
 //! - The preamble is the Noise prologue, so changing any byte of it fails the handshake.

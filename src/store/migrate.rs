@@ -4,12 +4,14 @@
 //! - v2 (`migrations/0002_transfer_runs.md`): one `r` key per run of consecutive outgoing
 //!   transfers to a peer (a step's transfers to one peer are one write, not one per transfer).
 //!
-//! Every step is crash-safe: it converts a chunk of entries and deletes their old keys in one
-//! atomic batch, and writes the new schema version only once nothing of the old layout is left,
-//! so an upgrade interrupted by a crash simply carries on at the next open.
+//! Every step is crash-safe. It first records, atomically, the new schema version together with
+//! `m:upgrading` (the version it upgrades from), so from then on an older build refuses the
+//! store as newer; it then converts a chunk of entries and deletes their old keys in one atomic
+//! batch at a time, and deletes `m:upgrading` last. An upgrade interrupted by a crash carries on
+//! at the next open, which finds `m:upgrading`.
 
 use super::Kv;
-use super::{enc, key_run, runs_of, KvError, Op, KEY_SCHEMA, SCHEMA_VERSION};
+use super::{enc, key_run, runs_of, KvError, Op, KEY_SCHEMA, KEY_UPGRADING, SCHEMA_VERSION};
 use crate::types::{Amount, BranchId, Seq};
 
 /// Old-layout entries converted per atomic batch.
@@ -22,17 +24,45 @@ pub fn upgrade<K: Kv>(kv: &mut K, from: u32) -> Result<(), String> {
             "schema v{from} is older than the first schema (v1); this is not a store snapbank wrote"
         ));
     }
+    // An upgrade a crash interrupted: finish that step first.
+    if let Some(bytes) = kv
+        .get(KEY_UPGRADING)
+        .map_err(|e| format!("cannot read the upgrade marker: {e:?}"))?
+    {
+        let step: u32 = ciborium::from_reader(&bytes[..])
+            .map_err(|e| format!("upgrade marker unreadable: {e}"))?;
+        if step + 1 != from {
+            return Err(format!(
+                "an upgrade from v{step} was interrupted but the store says v{from}"
+            ));
+        }
+        run_step(kv, step)?;
+    }
     let mut v = from;
     while v < SCHEMA_VERSION {
-        match v {
-            1 => v1_to_v2(kv)?,
-            _ => return Err(format!("no upgrade step from schema v{v}")),
-        }
+        kv.apply(
+            vec![
+                Op::Put(KEY_SCHEMA.to_vec(), enc(&(v + 1))),
+                Op::Put(KEY_UPGRADING.to_vec(), enc(&v)),
+            ],
+            true,
+        )
+        .map_err(|e| format!("cannot start the upgrade to v{}: {e:?}", v + 1))?;
+        run_step(kv, v)?;
         v += 1;
-        kv.apply(vec![Op::Put(KEY_SCHEMA.to_vec(), enc(&v))], true)
-            .map_err(|e| format!("cannot record schema v{v}: {e:?}"))?;
-        tracing::info!("store upgraded to schema v{v}");
     }
+    Ok(())
+}
+
+/// Runs the step from schema `v`, then clears the upgrade marker.
+fn run_step<K: Kv>(kv: &mut K, v: u32) -> Result<(), String> {
+    match v {
+        1 => v1_to_v2(kv)?,
+        _ => return Err(format!("no upgrade step from schema v{v}")),
+    }
+    kv.apply(vec![Op::Del(KEY_UPGRADING.to_vec())], true)
+        .map_err(|e| format!("cannot finish the upgrade from v{v}: {e:?}"))?;
+    tracing::info!("store upgraded from schema v{v} to v{}", v + 1);
     Ok(())
 }
 
@@ -146,13 +176,22 @@ mod tests {
             ops.push(Op::Put(t_key(0, seq), enc(&1u64)));
         }
         kv.apply(ops, true).unwrap();
-        // As if the process died after converting the first chunk: the schema still says v1.
+        // As if the process died after converting the first chunk: the store already says v2
+        // (an older build refuses it) and carries the marker.
         let mut first_chunk = kv.clone();
+        first_chunk
+            .apply(
+                vec![
+                    Op::Put(KEY_SCHEMA.to_vec(), enc(&2u32)),
+                    Op::Put(KEY_UPGRADING.to_vec(), enc(&1u32)),
+                ],
+                true,
+            )
+            .unwrap();
         assert!(v1_to_v2_chunk(&mut first_chunk).unwrap());
-        let schema: u32 =
-            ciborium::from_reader(&first_chunk.get(KEY_SCHEMA).unwrap().unwrap()[..]).unwrap();
-        assert_eq!(schema, 1);
-        upgrade(&mut first_chunk, 1).unwrap();
+        // The next open reads schema 2 and finds the marker.
+        upgrade(&mut first_chunk, 2).unwrap();
+        assert!(first_chunk.get(KEY_UPGRADING).unwrap().is_none());
         let mut total = 0usize;
         first_chunk
             .for_range(b"r", &[b'r', 0xff], &mut |_, v| {

@@ -37,6 +37,8 @@ pub const SCHEMA_VERSION: u32 = 2;
 pub const RUN_TRANSFERS_MAX: usize = 4096;
 
 pub(crate) const KEY_SCHEMA: &[u8] = b"m:schema";
+/// Present while an upgrade is under way: the schema version it upgrades from.
+pub(crate) const KEY_UPGRADING: &[u8] = b"m:upgrading";
 const KEY_IDENTITY: &[u8] = b"m:identity";
 const KEY_STATE: &[u8] = b"s";
 
@@ -138,7 +140,7 @@ impl SledStore {
     /// Checks, creating nothing, that a branch of `identity` could open the store in `dir`: `Ok`
     /// when there is no store yet (the branch creates it) or it is a readable store of that
     /// branch; else the error the branch would stop with. Lets `start_bank` refuse before it
-    /// starts any branch.
+    /// starts any branch. Like opening it, this upgrades a store of an older schema in place.
     pub fn check(dir: &Path, identity: &Identity) -> Result<(), StoreError> {
         if !dir.join("db").is_file() {
             return Ok(());
@@ -288,7 +290,7 @@ impl<K: Kv> BankStore<K> {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                if v < SCHEMA_VERSION {
+                if v < SCHEMA_VERSION || kv.get(KEY_UPGRADING).map_err(err)?.is_some() {
                     migrate::upgrade(&mut kv, v).map_err(|what| StoreError::Corrupt {
                         path: path.clone(),
                         what,
