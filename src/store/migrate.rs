@@ -11,7 +11,10 @@
 //! at the next open, which finds `m:upgrading`.
 
 use super::Kv;
-use super::{enc, key_run, runs_of, KvError, Op, KEY_SCHEMA, KEY_UPGRADING, SCHEMA_VERSION};
+use super::{
+    enc, key_run, prefix_end, run_first, runs_of, KvError, Op, KEY_SCHEMA, KEY_UPGRADING,
+    SCHEMA_VERSION,
+};
 use crate::types::{Amount, BranchId, Seq};
 
 /// Old-layout entries converted per atomic batch.
@@ -74,55 +77,49 @@ fn v1_to_v2<K: Kv>(kv: &mut K) -> Result<(), String> {
 
 /// Converts up to [`CHUNK_ENTRIES`] v1 transfers atomically; false when none were left.
 fn v1_to_v2_chunk<K: Kv>(kv: &mut K) -> Result<bool, String> {
-    let t_from = [b't'];
-    let t_to = [
-        b't', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    ];
-    {
-        let mut entries: Vec<(BranchId, Seq, Amount)> = Vec::new();
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut bad: Option<String> = None;
-        let scanned = kv.for_range(&t_from, &t_to, &mut |k, v| {
-            if k.len() != 11 {
-                bad = Some(format!("v1 transfer key of {} bytes", k.len()));
-                return Err(KvError::NotFound);
+    let mut entries: Vec<(BranchId, Seq, Amount)> = Vec::new();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    // Why the visitor stopped the scan (it stops it by returning an error): a full chunk, or an
+    // entry it cannot read. Any other error is the store's.
+    let mut stopped: Option<Result<(), String>> = None;
+    let scanned = kv.for_range(b"t", &prefix_end(b't'), &mut |k, v| {
+        if k.len() != 11 {
+            stopped = Some(Err(format!("v1 transfer key of {} bytes", k.len())));
+            return Err(KvError::Corrupt(String::new()));
+        }
+        let peer = BranchId(u16::from_be_bytes([k[1], k[2]]));
+        // v1 `t` keys put the seq where v2 `r` keys put a run's first seq.
+        let seq = run_first(k)?;
+        let amount: Amount = match ciborium::from_reader(v) {
+            Ok(a) => a,
+            Err(e) => {
+                stopped = Some(Err(format!("v1 transfer amount unreadable: {e}")));
+                return Err(KvError::Corrupt(String::new()));
             }
-            let peer = BranchId(u16::from_be_bytes([k[1], k[2]]));
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(&k[3..11]);
-            let amount: Amount = match ciborium::from_reader(v) {
-                Ok(a) => a,
-                Err(e) => {
-                    bad = Some(format!("v1 transfer amount unreadable: {e}"));
-                    return Err(KvError::NotFound);
-                }
-            };
-            entries.push((peer, Seq(u64::from_be_bytes(seq)), amount));
-            keys.push(k.to_vec());
-            if entries.len() >= CHUNK_ENTRIES {
-                // Enough for one batch: stop the scan here.
-                return Err(KvError::NotFound);
-            }
-            Ok(())
-        });
-        if let Some(what) = bad {
-            return Err(what);
+        };
+        entries.push((peer, seq, amount));
+        keys.push(k.to_vec());
+        if entries.len() >= CHUNK_ENTRIES {
+            stopped = Some(Ok(()));
+            return Err(KvError::Corrupt(String::new()));
         }
-        match scanned {
-            Ok(()) | Err(KvError::NotFound) => {}
-            Err(e) => return Err(format!("cannot read v1 transfers: {e:?}")),
-        }
-        if entries.is_empty() {
-            return Ok(false);
-        }
-        let mut ops: Vec<Op> = keys.into_iter().map(Op::Del).collect();
-        for (peer, first, amounts) in runs_of(&entries) {
-            ops.push(Op::Put(key_run(peer, first).to_vec(), enc(&amounts)));
-        }
-        kv.apply(ops, true)
-            .map_err(|e| format!("cannot write v2 transfer runs: {e:?}"))?;
-        Ok(true)
+        Ok(())
+    });
+    match (stopped, scanned) {
+        (Some(Err(what)), _) => return Err(what),
+        (Some(Ok(())), _) | (None, Ok(())) => {}
+        (None, Err(e)) => return Err(format!("cannot read v1 transfers: {e:?}")),
     }
+    if entries.is_empty() {
+        return Ok(false);
+    }
+    let mut ops: Vec<Op> = keys.into_iter().map(Op::Del).collect();
+    for (peer, first, amounts) in runs_of(&entries) {
+        ops.push(Op::Put(key_run(peer, first).to_vec(), enc(&amounts)));
+    }
+    kv.apply(ops, true)
+        .map_err(|e| format!("cannot write v2 transfer runs: {e:?}"))?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -187,7 +187,7 @@ pub(crate) fn key_run(peer: BranchId, first: Seq) -> [u8; 11] {
 }
 
 /// The first sequence number of a run key.
-fn run_first(key: &[u8]) -> Result<Seq, KvError> {
+pub(crate) fn run_first(key: &[u8]) -> Result<Seq, KvError> {
     key.get(3..11)
         .and_then(|b| b.try_into().ok())
         .map(|b| Seq(u64::from_be_bytes(b)))
@@ -235,7 +235,7 @@ fn key_collected(k: SnapshotId, b: BranchId) -> [u8; 11] {
 }
 
 /// The last possible key under a one-byte prefix (every key here is at most 11 bytes).
-fn prefix_end(prefix: u8) -> [u8; 11] {
+pub(crate) fn prefix_end(prefix: u8) -> [u8; 11] {
     let mut k = [0xff; 11];
     k[0] = prefix;
     k
