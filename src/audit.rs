@@ -50,6 +50,9 @@ pub struct AuditReport {
     pub current_total: u128,
     pub snapshots_checked: usize,
     pub last_snapshot: Option<u64>,
+    /// Transfer logs and ledgers are checked from this snapshot's cut on (0: from genesis);
+    /// older history was compacted (or the cluster was restored to it).
+    pub history_from: u64,
     /// Snapshots started by the initiator and not complete.
     pub snapshots_pending: u64,
     /// Transfers applied by their receivers, in all.
@@ -231,8 +234,8 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
         .iter()
         .map(|s| Ok(s.parts()?.into_iter().map(|p| (p.snapshot.0, p)).collect()))
         .collect::<Result<_, StoreError>>()?;
-    // Stores rebuilt by `snapctl restore` keep history only from their snapshot on: older
-    // snapshots are checked for presence and totals, not against transfer logs.
+    // Compaction (and stores rebuilt by `snapctl restore`) keep history only from a snapshot
+    // on: older snapshots are checked for presence and totals, not against transfer logs.
     let history_from = states
         .iter()
         .map(|s| s.history_from)
@@ -255,6 +258,8 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
         }
         for (b, gp) in g.parts.iter().enumerate() {
             match parts[b].get(&k.0) {
+                // Pruned there: each branch keeps only its latest parts.
+                None if k < states[b].pruned_below => {}
                 None => v.push(format!("snapshot {k}: missing at branch {}", name(b))),
                 Some(p) if p != gp => v.push(format!(
                     "snapshot {k}: branch {}'s own part differs from the initiator's copy",
@@ -427,6 +432,7 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
         current_total,
         snapshots_checked: globals.len(),
         last_snapshot: globals.last().map(|g| g.snapshot.0),
+        history_from: history_from.0,
         snapshots_pending: started.saturating_sub(init_state.completed.0),
         transfers,
         violations: v,

@@ -54,6 +54,11 @@ pub struct BranchFlags {
     /// On SIGINT/SIGTERM, how long in-flight transfers get to be acknowledged before exit.
     #[arg(long, allow_hyphen_values = true, default_value = "1s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub settle: Duration,
+    /// Completed snapshots kept in the store (parts, and the initiator's global copies); older
+    /// ones are pruned. Each completed snapshot also compacts the transfer log: what is
+    /// acknowledged and before the latest snapshot's cut goes, so the store stays bounded.
+    #[arg(long, allow_hyphen_values = true, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub keep_snapshots: u64,
 }
 
 impl BranchFlags {
@@ -74,6 +79,8 @@ impl BranchFlags {
             humantime::format_duration(self.status_interval).to_string(),
             "--settle".to_string(),
             humantime::format_duration(self.settle).to_string(),
+            "--keep-snapshots".to_string(),
+            self.keep_snapshots.to_string(),
         ];
         if let Some(n) = self.unacked_max {
             a.push("--unacked-max".to_string());
@@ -224,6 +231,13 @@ pub fn format_audit(r: &AuditReport) -> String {
             .map_or("none".to_string(), |k| k.to_string()),
         r.snapshots_pending
     );
+    if r.history_from > 0 {
+        let _ = writeln!(
+            s,
+            "transfer logs and ledgers checked from snapshot {} on (older history compacted)",
+            r.history_from
+        );
+    }
     if r.consistent {
         let _ = writeln!(s, "audit: CONSISTENT");
     } else {

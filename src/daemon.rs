@@ -122,6 +122,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
                 as usize,
             live_snapshots_max: 64,
             seed,
+            snapshots_kept: f.keep_snapshots,
         },
         cluster_id: identity.cluster_id,
         security,

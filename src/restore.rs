@@ -163,10 +163,19 @@ pub fn restore(
         let parts: Vec<LocalPart> = match &old {
             Some(o) => {
                 st.history_from = o.history_from.min(k);
+                st.pruned_below = o.pruned_below;
+                // The log keeps what compaction left, cut at the new end.
+                for (c, oc) in st.out.iter_mut().zip(&o.out) {
+                    c.compacted = oc.compacted.min(c.sent);
+                }
                 Vec::new()
             }
             None => {
                 st.history_from = k;
+                // The log is gone: nothing before the cut is needed (all of it is delivered).
+                for c in st.out.iter_mut() {
+                    c.compacted = c.sent;
+                }
                 summary.rebuilt.push(identity.branches[b].clone());
                 globals
                     .iter()

@@ -36,6 +36,13 @@ pub enum Message {
         marker: SnapshotId,
         part: SnapshotId,
     },
+    /// From the initiator: global snapshot `snapshot` is complete; `below` lists, per receiver
+    /// of the addressee's channels (in branch order), the watermark that receiver recorded in
+    /// it. The addressee may drop its transfer log up to there (once acknowledged).
+    Compact {
+        snapshot: SnapshotId,
+        below: Vec<(BranchId, Seq)>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +85,9 @@ impl Message {
             }
             Message::Part(p) if p.snapshot.0 == 0 => {
                 Err(WireError::Invalid("Part of snapshot 0".into()))
+            }
+            Message::Compact { snapshot, .. } if snapshot.0 == 0 => {
+                Err(WireError::Invalid("Compact for snapshot 0".into()))
             }
             _ => Ok(()),
         }
@@ -206,6 +216,10 @@ mod tests {
                 applied: Seq(5),
                 marker: SnapshotId(2),
                 part: SnapshotId(1),
+            },
+            Message::Compact {
+                snapshot: SnapshotId(9),
+                below: vec![(BranchId(0), Seq(12)), (BranchId(2), Seq(0))],
             },
         ]
     }

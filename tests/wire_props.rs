@@ -125,6 +125,10 @@ fn valid_message() -> impl Strategy<Value = Message> {
             marker,
             part
         }),
+        (nonzero_u64(), vec((branch(), seq()), 0..70)).prop_map(|(s, below)| Message::Compact {
+            snapshot: SnapshotId(s),
+            below
+        }),
     ]
 }
 
@@ -180,6 +184,11 @@ fn invalid_message() -> impl Strategy<Value = Message> {
             after
         }),
         local_part(Just(SnapshotId(0)), 4).prop_map(Message::Part),
+        // Compact for snapshot 0.
+        vec((branch(), seq()), 0..8).prop_map(|below| Message::Compact {
+            snapshot: SnapshotId(0),
+            below
+        }),
     ]
 }
 
@@ -194,6 +203,8 @@ fn any_message() -> impl Strategy<Value = Message> {
         }),
         (snapshot_id(), seq()).prop_map(|(snapshot, after)| Message::Marker { snapshot, after }),
         local_part(snapshot_id(), 3).prop_map(Message::Part),
+        (snapshot_id(), vec((branch(), seq()), 0..8))
+            .prop_map(|(snapshot, below)| Message::Compact { snapshot, below }),
     ]
 }
 
@@ -208,6 +219,7 @@ fn spec_valid(m: &Message) -> bool {
         }
         Message::Marker { snapshot, .. } => snapshot.0 != 0,
         Message::Part(p) => p.snapshot.0 != 0,
+        Message::Compact { snapshot, .. } => snapshot.0 != 0,
         Message::Hello { .. } | Message::Ack { .. } => true,
     }
 }

@@ -55,6 +55,9 @@ pub struct CoreConfig {
     pub live_snapshots_max: usize,
     /// Seed of the transfer generator.
     pub seed: u64,
+    /// Completed snapshots whose parts (and, at the initiator, global copies) are kept; older
+    /// ones are pruned as newer ones complete. At least 1.
+    pub snapshots_kept: u64,
 }
 
 impl CoreConfig {
@@ -89,9 +92,13 @@ pub struct DurableState {
     /// Initiator: highest global snapshot completed.
     pub completed: SnapshotId,
     /// The transfer log and the ledger are complete from this snapshot's cut on (0: from
-    /// genesis). Set when a store is rebuilt from a snapshot by `snapctl restore`.
+    /// genesis). Advanced by compaction (the initiator's latest completed snapshot), and set when
+    /// a store is rebuilt from a snapshot by `snapctl restore`.
     #[serde(default)]
     pub history_from: SnapshotId,
+    /// Parts (and, at the initiator, global snapshots) older than this have been pruned.
+    #[serde(default)]
+    pub pruned_below: SnapshotId,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +112,10 @@ pub struct OutChannel {
     pub marker_acked: SnapshotId,
     /// Towards the initiator: highest part it acknowledged.
     pub part_acked: SnapshotId,
+    /// Log entries up to this seq may have been dropped by compaction: the log holds
+    /// `(compacted, sent]`. Never above `acked`.
+    #[serde(default)]
+    pub compacted: Seq,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +186,7 @@ impl DurableState {
             parts_done: SnapshotId(0),
             completed: SnapshotId(0),
             history_from: SnapshotId(0),
+            pruned_below: SnapshotId(0),
         }
     }
 }
@@ -194,6 +206,11 @@ pub struct WriteBatch {
     pub globals: Vec<GlobalSnapshot>,
     /// Initiator: snapshots whose collected parts can be dropped (now kept whole in `globals`).
     pub uncollect: Vec<SnapshotId>,
+    /// Compaction: per peer, the transfer-log entries `<= seq` on the channel to it are no
+    /// longer needed (acknowledged, and before the audited history); the store may drop them.
+    pub compact: Vec<(BranchId, Seq)>,
+    /// Parts (and, at the initiator, global snapshots) older than this may be deleted.
+    pub prune_below: Option<SnapshotId>,
 }
 
 impl WriteBatch {
@@ -204,6 +221,8 @@ impl WriteBatch {
             && self.collected.is_empty()
             && self.globals.is_empty()
             && self.uncollect.is_empty()
+            && self.compact.is_empty()
+            && self.prune_below.is_none()
     }
 }
 
@@ -285,6 +304,8 @@ pub enum ProtocolError {
     Overflow,
     #[error("malformed part: {0}")]
     BadPart(String),
+    #[error("malformed compaction notice: {0}")]
+    BadCompact(String),
 }
 
 /// What the shell must do about a [`ProtocolError`].
@@ -612,6 +633,7 @@ impl Branch {
                 marker,
                 part,
             } => self.on_ack(from, applied, marker, part),
+            Message::Compact { snapshot, below } => self.on_compact(from, snapshot, &below),
             Message::Hello { .. } => Err(ProtocolError::Unexpected("Hello")),
         }
     }
@@ -1027,7 +1049,115 @@ impl Branch {
         });
         self.state.completed = self.state.completed.max(k);
         self.dirty = true;
+        self.start_compaction(&global);
         self.ready.persist.globals.push(global);
         self.ready.persist.uncollect.push(k);
+    }
+
+    // ---- compaction ------------------------------------------------------------------------
+
+    /// Initiator: global snapshot `g` just completed and becomes the start of the audited
+    /// history. On each channel `i → j` every later snapshot's channel state starts at or after
+    /// the receiver's watermark recorded in `g` (watermarks only grow and snapshots are recorded
+    /// in order), and the current state needs only what is unacknowledged: so sender `i` may drop
+    /// its log up to the lower of the two. Each sender is told its receivers' watermarks; one
+    /// that misses the notice (link down) catches up with the next.
+    fn start_compaction(&mut self, g: &GlobalSnapshot) {
+        let me = self.cfg.me;
+        for sender in (0..self.cfg.branches).map(BranchId) {
+            let below: Vec<(BranchId, Seq)> = g
+                .parts
+                .iter()
+                .filter(|p| p.branch != sender)
+                .filter_map(|p| {
+                    p.channel_from(sender)
+                        .map(|c| (p.branch, c.applied_at_record))
+                })
+                .collect();
+            if sender == me {
+                self.compact(g.snapshot, &below);
+            } else if let Some(epoch) = self.out_link[sender.index()] {
+                self.open_run[sender.index()] = None;
+                self.ready.send.push(Outgoing {
+                    to: sender,
+                    link: Link::Out { epoch },
+                    msg: Message::Compact {
+                        snapshot: g.snapshot,
+                        below,
+                    },
+                });
+            }
+        }
+    }
+
+    /// The initiator's compaction notice for completed snapshot `h`.
+    fn on_compact(
+        &mut self,
+        from: BranchId,
+        h: SnapshotId,
+        below: &[(BranchId, Seq)],
+    ) -> Result<(), ProtocolError> {
+        if from != self.cfg.initiator || self.is_initiator() {
+            return Err(ProtocolError::Unexpected(
+                "Compact from a branch that is not the initiator",
+            ));
+        }
+        // The initiator completes a snapshot only with this branch's part of it.
+        if h > self.state.parts_done {
+            return Err(ProtocolError::BadCompact(format!(
+                "snapshot {h} is complete, but this branch finished its part only up to {}",
+                self.state.parts_done
+            )));
+        }
+        let mut peers = self.cfg.peers();
+        for &(peer, w) in below {
+            if Some(peer) != peers.next() {
+                return Err(ProtocolError::BadCompact(format!(
+                    "channel list out of order at {peer}"
+                )));
+            }
+            let sent = self.state.out[peer.index()].sent;
+            if w > sent {
+                return Err(ProtocolError::BadCompact(format!(
+                    "{peer} recorded seq {w} of only {sent} sent"
+                )));
+            }
+        }
+        let missing = peers.next().is_some();
+        drop(peers);
+        if missing {
+            return Err(ProtocolError::BadCompact(format!(
+                "{} channels, expected {}",
+                below.len(),
+                self.cfg.branches - 1
+            )));
+        }
+        // A stale notice (a newer one came first) is valid but changes nothing.
+        self.compact(h, below);
+        Ok(())
+    }
+
+    /// Makes completed snapshot `h` the start of this branch's history: drop the log on each
+    /// channel up to `min(receiver's watermark at h, acknowledged)`, and prune snapshots older
+    /// than the `snapshots_kept` latest.
+    fn compact(&mut self, h: SnapshotId, below: &[(BranchId, Seq)]) {
+        if h <= self.state.history_from {
+            return;
+        }
+        self.state.history_from = h;
+        for &(peer, w) in below {
+            let out = &mut self.state.out[peer.index()];
+            let upto = w.min(out.acked);
+            if upto > out.compacted {
+                out.compacted = upto;
+                self.ready.persist.compact.push((peer, upto));
+            }
+        }
+        let keep_from = SnapshotId((h.0 + 1).saturating_sub(self.cfg.snapshots_kept.max(1)));
+        if keep_from > self.state.pruned_below {
+            self.state.pruned_below = keep_from;
+            self.ready.persist.prune_below = Some(keep_from);
+        }
+        self.dirty = true;
     }
 }

@@ -27,6 +27,7 @@ fn config(n: usize, me: usize) -> CoreConfig {
         max_amount: 100,
         unacked_per_channel_max: 1000,
         live_snapshots_max: 16,
+        snapshots_kept: 1_000_000,
         seed: 42 + me as u64,
     }
 }
@@ -85,6 +86,9 @@ struct Sim {
     conns: BTreeMap<(usize, usize), Conn>,
     now: Micros,
     notices: Vec<(usize, Notice)>,
+    /// `(from, to)` → the amount of every transfer ever logged on that channel, in seq order
+    /// (compaction drops the store's copy of old ones; this one stays whole).
+    shadow: BTreeMap<(usize, usize), Vec<Amount>>,
 }
 
 impl Sim {
@@ -96,6 +100,7 @@ impl Sim {
             conns: BTreeMap::new(),
             now: 1_000_000,
             notices: Vec::new(),
+            shadow: BTreeMap::new(),
         };
         for me in 0..n {
             let mut cfg = config(n, me);
@@ -130,6 +135,11 @@ impl Sim {
         let r = input(&mut self.cores[at], self.now);
         let ready = self.cores[at].take_ready();
         self.stores[at].commit(&ready.persist).expect("commit");
+        for &(to, seq, amount) in &ready.persist.transfers {
+            let log = self.shadow.entry((at, to.index())).or_default();
+            assert_eq!(log.len() as u64 + 1, seq.0, "#{at}: log to {to} is dense");
+            log.push(amount);
+        }
         self.check_durable(at, &ready.send);
         for out in &ready.send {
             self.enqueue(at, out.clone());
@@ -166,8 +176,24 @@ impl Sim {
                 Message::Part(part) => {
                     assert!(store.parts().expect("parts").contains(part), "#{at}: part");
                 }
+                Message::Compact { snapshot, below } => {
+                    assert!(
+                        st.completed >= *snapshot,
+                        "#{at}: compaction before completion"
+                    );
+                    assert_eq!(below.len(), self.cores.len() - 1);
+                }
                 Message::Hello { .. } => panic!("the core never says Hello"),
             }
+        }
+        // The store's log holds exactly the shadow's entries (compacted, sent] on each channel.
+        for (p, out) in st.out.iter().enumerate().filter(|(p, _)| *p != at) {
+            assert!(out.compacted <= out.acked, "#{at}: compacted beyond acked");
+            let logged = store
+                .log_entries(b(p), out.compacted, out.sent)
+                .expect("log");
+            let want: Vec<(Seq, Amount)> = self.shadow_range(at, p, out.compacted, out.sent);
+            assert_eq!(logged, want, "#{at}: stored log to #{p}");
         }
         assert_eq!(&st, self.cores[at].state(), "#{at}: store != memory");
     }
@@ -322,6 +348,14 @@ impl Sim {
         sum.money
     }
 
+    /// The shadow log's entries `(after, upto]` on `from → to`.
+    fn shadow_range(&self, from: usize, to: usize, after: Seq, upto: Seq) -> Vec<(Seq, Amount)> {
+        let log = self.shadow.get(&(from, to)).map_or(&[][..], |v| &v[..]);
+        (after.0 + 1..=upto.0)
+            .map(|s| (Seq(s), log[s as usize - 1]))
+            .collect()
+    }
+
     /// Σ balances + Σ money in flight == genesis.
     fn check_money(&self) {
         let balances: u128 = self.cores.iter().map(|c| c.balance() as u128).sum();
@@ -337,8 +371,8 @@ impl Sim {
     /// transfers it applied: nothing credited twice, nothing skipped.
     fn check_exactly_once(&self) {
         let logged = |from: usize, to: usize, upto: Seq| {
-            let sum = self.stores[from].log_sum(b(to), Seq(0), upto).expect("log");
-            sum.money as i128
+            let all = self.shadow_range(from, to, Seq(0), upto);
+            all.iter().map(|(_, a)| *a as i128).sum::<i128>()
         };
         let mut balances = vec![INITIAL as i128; self.cores.len()];
         for (i, j) in self.pairs() {
@@ -374,11 +408,9 @@ impl Sim {
                 // `until` is the sender's cut; nothing received before a cut was sent after it.
                 assert_eq!(Some(ch.until), sender.sent_to(b(j)));
                 assert!(ch.applied_at_record <= ch.until);
-                let log = &self.stores[ch.from.index()];
-                let sum = log.log_sum(b(j), ch.applied_at_record, ch.until);
-                let sum = sum.expect("log");
-                assert!(sum.dense);
-                assert_eq!((sum.money, sum.count), (ch.money as u128, ch.count));
+                let log = self.shadow_range(ch.from.index(), j, ch.applied_at_record, ch.until);
+                let money: u128 = log.iter().map(|(_, a)| *a as u128).sum();
+                assert_eq!((money, log.len() as u64), (ch.money as u128, ch.count));
             }
         }
     }
@@ -773,6 +805,146 @@ fn unacked_cap_bounds_outstanding_transfers_per_channel() {
     s.check_money();
 }
 
+// ---- compaction ----------------------------------------------------------------------------
+
+fn compact(k: u64, below: &[(usize, u64)]) -> Message {
+    Message::Compact {
+        snapshot: SnapshotId(k),
+        below: below.iter().map(|(p, w)| (b(*p), Seq(*w))).collect(),
+    }
+}
+
+#[test]
+fn a_completed_snapshot_compacts_each_log_to_the_receivers_recorded_watermark() {
+    let mut s = Sim::linked(3);
+    s.transfer(1, 2, 5); // seq 1: applied by #2 before it records
+    s.deliver(Chan::data(1, 2));
+    s.deliver(Chan::acks(2, 1));
+    s.transfer(1, 2, 10); // seqs 2, 3: in flight at the cut
+    s.transfer(1, 2, 20);
+    s.tick_snapshot();
+    // The initiator learns the watermarks only from the parts: nothing is compacted before.
+    assert_eq!(s.cores[1].state().history_from, SnapshotId(0));
+    s.deliver_all();
+    let g = &s.globals()[0];
+    assert_eq!(channel(g, 1, 2), (Seq(1), Seq(3), 30, 2));
+    for c in &s.cores {
+        assert_eq!(c.state().history_from, SnapshotId(1), "#{}", c.cfg.me);
+    }
+    // #2 recorded watermark 1 from #1, so #1 keeps (1, 3]: snapshot 1's channel state stays
+    // checkable, although all three are acknowledged by now.
+    let out = &s.cores[1].state().out[2];
+    assert_eq!((out.acked, out.compacted), (Seq(3), Seq(1)));
+    let log = s.stores[1].log_entries(b(2), Seq(0), Seq(3)).expect("log");
+    assert_eq!(log, vec![(Seq(2), 10), (Seq(3), 20)]);
+    // The next snapshot records watermark 3: the log goes, but for the run holding the last seq.
+    s.tick_snapshot();
+    s.deliver_all();
+    assert_eq!(s.cores[1].state().out[2].compacted, Seq(3));
+    let log = s.stores[1].log_entries(b(2), Seq(0), Seq(3)).expect("log");
+    assert_eq!(log, vec![(Seq(3), 20)]);
+    s.check_money();
+    s.check_exactly_once();
+}
+
+#[test]
+fn compaction_never_drops_an_unacknowledged_transfer() {
+    let mut s = Sim::linked(3);
+    s.transfer(1, 2, 7);
+    s.transfer(1, 2, 8);
+    // #2 applies both, but its acks to #1 are held back.
+    s.deliver(Chan::data(1, 2));
+    s.deliver(Chan::data(1, 2));
+    s.tick_snapshot();
+    s.deliver_all_but(|ch, _| ch == Chan::acks(2, 1));
+    let out = &s.cores[1].state().out[2];
+    assert_eq!(s.cores[1].state().history_from, SnapshotId(1));
+    assert_eq!((out.acked, out.compacted), (Seq(0), Seq(0)));
+    // Lost acks: after a reconnect #1 resends both from its log, and #2 drops the duplicates.
+    s.disconnect(1, 2);
+    s.disconnect(2, 1);
+    s.heal();
+    s.deliver_all();
+    assert_eq!(s.cores[2].balance(), INITIAL + 15);
+    assert_eq!(s.cores[1].state().out[2].acked, Seq(2));
+    s.check_money();
+    s.check_exactly_once();
+}
+
+#[test]
+fn only_the_latest_snapshots_are_kept() {
+    let mut s = Sim::with(3, |c| c.snapshots_kept = 2);
+    s.heal();
+    s.deliver_all();
+    for _ in 0..5 {
+        s.tick_transfer(1);
+        s.tick_snapshot();
+        s.deliver_all();
+    }
+    let ids: Vec<u64> = s.globals().iter().map(|g| g.snapshot.0).collect();
+    assert_eq!(ids, vec![4, 5]);
+    for (i, st) in s.stores.iter().enumerate() {
+        let parts: Vec<u64> = st
+            .parts()
+            .expect("parts")
+            .iter()
+            .map(|p| p.snapshot.0)
+            .collect();
+        assert_eq!(parts, vec![4, 5], "#{i}");
+        assert_eq!(s.cores[i].state().pruned_below, SnapshotId(4));
+    }
+}
+
+#[test]
+fn a_compaction_notice_not_from_the_initiator_or_malformed_is_rejected() {
+    let mut s = Sim::linked(3);
+    s.transfer(1, 2, 5);
+    s.tick_snapshot();
+    s.deliver_all();
+    s.transfer(1, 2, 6);
+    let unexpected = ProtocolError::Unexpected("");
+    // From a branch that is not the initiator, or to the initiator itself.
+    assert_rejected(
+        &mut s,
+        1,
+        2,
+        compact(2, &[(0, 0), (2, 0)]),
+        unexpected.clone(),
+    );
+    assert_rejected(&mut s, 0, 1, compact(1, &[(1, 0), (2, 0)]), unexpected);
+    let bad = ProtocolError::BadCompact(String::new());
+    // A snapshot this branch has not finished its part of.
+    assert_rejected(&mut s, 1, 0, compact(2, &[(0, 0), (2, 1)]), bad.clone());
+    // A watermark beyond what was sent; a channel list that is short, long or out of order.
+    assert_rejected(&mut s, 1, 0, compact(1, &[(0, 0), (2, 3)]), bad.clone());
+    assert_rejected(&mut s, 1, 0, compact(1, &[(0, 0)]), bad.clone());
+    assert_rejected(
+        &mut s,
+        1,
+        0,
+        compact(1, &[(0, 0), (2, 1), (3, 0)]),
+        bad.clone(),
+    );
+    assert_rejected(&mut s, 1, 0, compact(1, &[(2, 1), (0, 0)]), bad);
+}
+
+#[test]
+fn a_stale_compaction_notice_changes_nothing() {
+    let mut s = Sim::linked(3);
+    s.transfer(1, 2, 5);
+    s.tick_snapshot();
+    s.deliver_all();
+    s.tick_snapshot();
+    s.deliver_all();
+    let state = s.cores[1].state().clone();
+    let (res, ready) = s.run(1, |c, now| {
+        c.on_message(b(0), compact(1, &[(0, 0), (2, 1)]), now)
+    });
+    assert_eq!(res, Ok(()));
+    assert!(ready.persist.is_empty());
+    assert_eq!(s.cores[1].state(), &state);
+}
+
 // ---- protocol errors: rejected, and nothing changes ---------------------------------------
 
 fn assert_rejected(s: &mut Sim, at: usize, from: usize, msg: Message, expected: ProtocolError) {
@@ -782,6 +954,7 @@ fn assert_rejected(s: &mut Sim, at: usize, from: usize, msg: Message, expected: 
     let (res, ready) = s.run(at, |c, now| c.on_message(b(from), msg, now));
     match (res, expected) {
         (Err(ProtocolError::BadPart(_)), ProtocolError::BadPart(_)) => {}
+        (Err(ProtocolError::BadCompact(_)), ProtocolError::BadCompact(_)) => {}
         (Err(ProtocolError::Unexpected(_)), ProtocolError::Unexpected(_)) => {}
         (res, expected) => assert_eq!(res, Err(expected)),
     }

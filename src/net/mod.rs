@@ -582,6 +582,7 @@ fn kind(m: &Message) -> &'static str {
         Message::Marker { .. } => "Marker",
         Message::Part(_) => "Part",
         Message::Ack { .. } => "Ack",
+        Message::Compact { .. } => "Compact",
     }
 }
 
@@ -873,7 +874,7 @@ async fn inbound_conn(
                 Err(_) => break "replaced by a newer connection".to_string(),
             },
             f = stream.next() => match f {
-                Some(Ok(msg @ (Message::Transfers { .. } | Message::Marker { .. } | Message::Part(_)))) => {
+                Some(Ok(msg @ (Message::Transfers { .. } | Message::Marker { .. } | Message::Part(_) | Message::Compact { .. }))) => {
                     if inbox.send(Event::Message { from: peer, msg }).await.is_err() {
                         return;
                     }

@@ -3,6 +3,8 @@
 //! - v1 (`migrations/0001_initial.md`): one `t` key per outgoing transfer.
 //! - v2 (`migrations/0002_transfer_runs.md`): one `r` key per run of consecutive outgoing
 //!   transfers to a peer (a step's transfers to one peer are one write, not one per transfer).
+//! - v3 (`migrations/0003_compaction.md`): the state records per channel how far the transfer
+//!   log is compacted, and how far old snapshots are pruned.
 //!
 //! Every step is crash-safe. It first records, atomically, the new schema version together with
 //! `m:upgrading` (the version it upgrades from), so from then on an older build refuses the
@@ -12,9 +14,10 @@
 
 use super::Kv;
 use super::{
-    enc, key_run, prefix_end, run_first, runs_of, KvError, Op, KEY_SCHEMA, KEY_UPGRADING,
-    SCHEMA_VERSION,
+    enc, key_run, prefix_end, run_first, runs_of, KvError, Op, KEY_SCHEMA, KEY_STATE,
+    KEY_UPGRADING, SCHEMA_VERSION,
 };
+use crate::core::DurableState;
 use crate::types::{Amount, BranchId, Seq};
 
 /// Old-layout entries converted per atomic batch.
@@ -61,12 +64,29 @@ pub fn upgrade<K: Kv>(kv: &mut K, from: u32) -> Result<(), String> {
 fn run_step<K: Kv>(kv: &mut K, v: u32) -> Result<(), String> {
     match v {
         1 => v1_to_v2(kv)?,
+        2 => v2_to_v3(kv)?,
         _ => return Err(format!("no upgrade step from schema v{v}")),
     }
     kv.apply(vec![Op::Del(KEY_UPGRADING.to_vec())], true)
         .map_err(|e| format!("cannot finish the upgrade from v{v}: {e:?}"))?;
     tracing::info!("store upgraded from schema v{v} to v{}", v + 1);
     Ok(())
+}
+
+/// The state gains `out[p].compacted` and `pruned_below`, both 0: a v2 store never dropped any
+/// of its log or snapshots. One atomic write.
+fn v2_to_v3<K: Kv>(kv: &mut K) -> Result<(), String> {
+    let Some(bytes) = kv
+        .get(KEY_STATE)
+        .map_err(|e| format!("cannot read the branch state: {e:?}"))?
+    else {
+        return Ok(());
+    };
+    // Decoding fills the new fields with their defaults; writing it back stores them.
+    let state: DurableState =
+        ciborium::from_reader(&bytes[..]).map_err(|e| format!("branch state unreadable: {e}"))?;
+    kv.apply(vec![Op::Put(KEY_STATE.to_vec(), enc(&state))], true)
+        .map_err(|e| format!("cannot write the upgraded state: {e:?}"))
 }
 
 /// `t` peer seq → amount (one key per transfer) becomes `r` peer first → [amounts].

@@ -1,6 +1,6 @@
 //! Durable state of one branch: one key-value tree, values in CBOR.
 //!
-//! The key layout (schema v2, see `migrations/0002_transfer_runs.md`) keeps every write of a step
+//! The key layout (schema v3, see `migrations/0003_compaction.md`) keeps every write of a step
 //! in one tree so a whole [`WriteBatch`] is applied atomically and flushed once (group commit):
 //!
 //! | key                          | value                          |
@@ -8,10 +8,10 @@
 //! | `m:schema`                   | schema version (u32)           |
 //! | `m:identity`                 | [`Identity`]                   |
 //! | `s`                          | [`DurableState`]               |
-//! | `r` peer(u16 BE) first(u64 BE) | a run of outgoing transfers `first, first+1, …`: their amounts |
-//! | `p` snapshot(u64 BE)         | this branch's [`LocalPart`]    |
+//! | `r` peer(u16 BE) first(u64 BE) | a run of outgoing transfers `first, first+1, …`: their amounts; compacted once acknowledged and before the latest completed snapshot's cut |
+//! | `p` snapshot(u64 BE)         | this branch's [`LocalPart`] (the latest `--keep-snapshots`) |
 //! | `c` snapshot(u64 BE) branch(u16 BE) | initiator: a collected part |
-//! | `g` snapshot(u64 BE)         | initiator: a [`GlobalSnapshot`] |
+//! | `g` snapshot(u64 BE)         | initiator: a [`GlobalSnapshot`] (the latest `--keep-snapshots`) |
 //!
 //! [`BankStore`] holds the layout over any [`Kv`]: [`SledKv`] on disk, [`MemKv`] in memory (its
 //! twin for tests and the simulator: same keys, same encoding, same checks).
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Most transfers in one run value (a step's transfers to one peer form one run, split at this).
 pub const RUN_TRANSFERS_MAX: usize = 4096;
@@ -40,7 +40,7 @@ pub(crate) const KEY_SCHEMA: &[u8] = b"m:schema";
 /// Present while an upgrade is under way: the schema version it upgrades from.
 pub(crate) const KEY_UPGRADING: &[u8] = b"m:upgrading";
 const KEY_IDENTITY: &[u8] = b"m:identity";
-const KEY_STATE: &[u8] = b"s";
+pub(crate) const KEY_STATE: &[u8] = b"s";
 
 /// Which cluster and which branch a store belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +350,12 @@ impl<K: Kv> BankStore<K> {
                         o.acked, o.sent
                     )));
                 }
+                if let Some(o) = st.out.iter().find(|o| o.compacted > o.acked) {
+                    return Err(self.corrupt(format!(
+                        "a channel's log is compacted to seq {}, beyond the acknowledged {}",
+                        o.compacted, o.acked
+                    )));
+                }
                 if let Some((k, _)) = st
                     .recording
                     .iter()
@@ -503,7 +509,9 @@ impl<K: Kv> BankStore<K> {
         for (peer, first, amounts) in runs_of(&batch.transfers) {
             ops.push(Op::Put(key_run(peer, first).to_vec(), enc(&amounts)));
         }
-        for part in &batch.parts {
+        // Snapshots this very batch prunes (several completed in one step) are not written.
+        let kept = |k: SnapshotId| batch.prune_below.map_or(true, |below| k >= below);
+        for part in batch.parts.iter().filter(|p| kept(p.snapshot)) {
             ops.push(Op::Put(key_part(part.snapshot).to_vec(), enc(part)));
         }
         for part in &batch.collected {
@@ -512,7 +520,7 @@ impl<K: Kv> BankStore<K> {
                 enc(part),
             ));
         }
-        for g in &batch.globals {
+        for g in batch.globals.iter().filter(|g| kept(g.snapshot)) {
             ops.push(Op::Put(key_global(g.snapshot).to_vec(), enc(g)));
         }
         for k in &batch.uncollect {
@@ -520,10 +528,45 @@ impl<K: Kv> BankStore<K> {
                 ops.push(Op::Del(key_collected(*k, BranchId(b)).to_vec()));
             }
         }
+        for &(peer, upto) in &batch.compact {
+            self.compaction(peer, upto, &mut ops)?;
+        }
+        if let Some(below) = batch.prune_below {
+            for prefix in [key_part, key_global] {
+                self.kv
+                    .for_range(&prefix(SnapshotId(0)), &prefix(below), &mut |k, _| {
+                        if k != prefix(below) {
+                            ops.push(Op::Del(k.to_vec()));
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| self.kv_error(e))?;
+            }
+        }
         if let Some(st) = &batch.state {
             ops.push(Op::Put(KEY_STATE.to_vec(), enc(st)));
         }
         self.kv.apply(ops, true).map_err(|e| self.kv_error(e))
+    }
+
+    /// Deletes of the transfer runs to `peer` that end at or before `upto`. The runs of a channel
+    /// are contiguous, so every run starting at or before `upto + 1` ends before the next one
+    /// starts; all but the last of them go (the last may hold `upto + 1`).
+    fn compaction(&self, peer: BranchId, upto: Seq, ops: &mut Vec<Op>) -> Result<(), StoreError> {
+        let mut dead: Vec<Vec<u8>> = Vec::new();
+        self.kv
+            .for_range(
+                &key_run(peer, Seq(0)),
+                &key_run(peer, Seq(upto.0.saturating_add(1))),
+                &mut |k, _| {
+                    dead.push(k.to_vec());
+                    Ok(())
+                },
+            )
+            .map_err(|e| self.kv_error(e))?;
+        dead.pop();
+        ops.extend(dead.into_iter().map(Op::Del));
+        Ok(())
     }
 
     /// Rewrites a stopped branch's store to a snapshot's cut, atomically: `state` replaces the
@@ -659,6 +702,7 @@ mod tests {
             max_amount: 10,
             unacked_per_channel_max: 100,
             live_snapshots_max: 4,
+            snapshots_kept: 1_000_000,
             seed: 1,
         }
     }
@@ -695,6 +739,61 @@ mod tests {
         assert_eq!((all.count, all.money, all.dense), (3, 10, true));
         let beyond = s.log_sum(BranchId(2), Seq(1), Seq(5)).unwrap();
         assert!(!beyond.dense, "seqs 4 and 5 are missing");
+    }
+
+    #[test]
+    fn compaction_drops_whole_runs_up_to_the_bound_and_pruning_drops_old_snapshots() {
+        let mut s = MemStore::new_mem(&identity(1));
+        let to = BranchId(2);
+        // Three runs: 1..=3, 4..=6, 7..=9 (one batch each).
+        for first in [1u64, 4, 7] {
+            let batch = WriteBatch {
+                transfers: (first..first + 3).map(|q| (to, Seq(q), q)).collect(),
+                ..WriteBatch::default()
+            };
+            s.commit(&batch).unwrap();
+        }
+        let mut part = |k: u64| LocalPart {
+            snapshot: SnapshotId(k),
+            branch: BranchId(1),
+            recorded_at: 0,
+            balance: 0,
+            sent: Vec::new(),
+            channels: Vec::new(),
+        };
+        let parts: Vec<LocalPart> = (1..=4).map(&mut part).collect();
+        s.commit(&WriteBatch {
+            parts,
+            ..WriteBatch::default()
+        })
+        .unwrap();
+        let seqs = |s: &MemStore| -> Vec<u64> {
+            let log = s.log_entries(to, Seq(0), Seq(9)).unwrap();
+            log.iter().map(|(q, _)| q.0).collect()
+        };
+        // Up to 5: only the run 1..=3 ends there; 4..=6 holds 6 and stays.
+        let compact = |upto: u64| WriteBatch {
+            compact: vec![(to, Seq(upto))],
+            ..WriteBatch::default()
+        };
+        s.commit(&compact(5)).unwrap();
+        assert_eq!(seqs(&s), (4..=9).collect::<Vec<_>>());
+        // Up to 6: 4..=6 goes too; what follows the bound is whole.
+        s.commit(&compact(6)).unwrap();
+        assert_eq!(seqs(&s), vec![7, 8, 9]);
+        assert!(s.log_sum(to, Seq(6), Seq(9)).unwrap().dense);
+        // Up to the end: the run holding the last seq stays (it is where the next one starts).
+        s.commit(&compact(9)).unwrap();
+        assert_eq!(seqs(&s), vec![7, 8, 9]);
+        // Pruning below 3 drops parts 1 and 2; a part the same batch prunes is not written.
+        s.commit(&WriteBatch {
+            parts: vec![part(2), part(5)],
+            prune_below: Some(SnapshotId(3)),
+            ..WriteBatch::default()
+        })
+        .unwrap();
+        let ids: Vec<u64> = s.parts().unwrap().iter().map(|p| p.snapshot.0).collect();
+        assert_eq!(ids, vec![3, 4, 5]);
     }
 
     #[test]
@@ -750,9 +849,21 @@ mod tests {
             .unwrap();
         assert!(matches!(e, StoreError::NotAStore(..)), "{e}");
 
+        // A garbled state: at the current schema it is found when read; in an old store the
+        // upgrade (which rewrites the state) finds it and refuses to open.
         let mut garbled = kv;
         garbled
             .apply(vec![Op::Put(KEY_STATE.to_vec(), vec![0xff, 0x00])], true)
+            .unwrap();
+        let e = BankStore::with_kv(garbled.clone(), p.clone(), None)
+            .err()
+            .unwrap();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        garbled
+            .apply(
+                vec![Op::Put(KEY_SCHEMA.to_vec(), enc(&SCHEMA_VERSION))],
+                true,
+            )
             .unwrap();
         let s = BankStore::with_kv(garbled, p, None).unwrap();
         assert!(matches!(s.state(), Err(StoreError::Corrupt { .. })));
