@@ -22,7 +22,8 @@ pub struct BranchFlags {
     /// Largest single transfer (each is 1..=min(this, balance)).
     #[arg(long, allow_hyphen_values = true, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_amount: u64,
-    /// Time between transfers: a range like `2s..5s`, a fixed `10ms`, or `0s` for as fast as possible.
+    /// Time between transfers: a range like `2s..5s`, a fixed `10ms`, or `0s` for as fast as
+    /// possible. Intervals below a millisecond are kept as a rate (`13333ns`: 75,000/s).
     #[arg(
         long,
         allow_hyphen_values = true,

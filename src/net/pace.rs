@@ -89,5 +89,10 @@ mod tests {
         assert!("5s..2s".parse::<Pace>().is_err());
         assert!("fast".parse::<Pace>().is_err());
         assert!("1s..".parse::<Pace>().is_err());
+        // Below the timer's resolution an interval is a rate, and survives start_bank's
+        // forwarding (Display, then parse) exactly.
+        let rate: Pace = "13333ns".parse().expect("ns");
+        assert_eq!(rate, Pace::Every(Duration::from_nanos(13_333)));
+        assert_eq!(rate.to_string().parse(), Ok(rate));
     }
 }

@@ -32,6 +32,8 @@ pub trait Kv {
     fn for_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<(), KvError>;
     /// The key of the last entry with `from <= key <= to`, if any.
     fn last_key_in(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+    /// The first `limit` keys with `from <= key <= to`, in order.
+    fn keys_in(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, KvError>;
     fn flush(&self) -> Result<(), KvError>;
 }
 
@@ -78,6 +80,15 @@ impl Kv for MemKv {
             .range(from.to_vec()..=to.to_vec())
             .next_back()
             .map(|(k, _)| k.clone()))
+    }
+
+    fn keys_in(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, KvError> {
+        Ok(self
+            .map
+            .range(from.to_vec()..=to.to_vec())
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect())
     }
 
     fn flush(&self) -> Result<(), KvError> {
@@ -194,6 +205,15 @@ impl Kv for SledKv {
             Some(item) => Ok(Some(item.map_err(sled_err)?.0.to_vec())),
             None => Ok(None),
         }
+    }
+
+    fn keys_in(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, KvError> {
+        self.db
+            .range(from..=to)
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| k.to_vec()).map_err(sled_err))
+            .collect()
     }
 
     fn flush(&self) -> Result<(), KvError> {

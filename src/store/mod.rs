@@ -124,7 +124,16 @@ pub struct BankStore<K: Kv> {
     kv: K,
     path: PathBuf,
     identity: Identity,
+    /// Compaction still to do: per peer, the runs ending at or before this seq are to go. Each
+    /// commit deletes a bounded number of them (a compaction after a long pause would otherwise
+    /// read and delete the whole pause's log in one batch: a memory spike); reopening resumes
+    /// from the state's `compacted`.
+    compact_todo: std::collections::BTreeMap<BranchId, Seq>,
 }
+
+/// Transfer runs deleted per channel per commit, at most. A step writes about one run per
+/// channel, so compaction keeps up while a backlog drains over a few hundred steps.
+const COMPACT_RUNS_PER_COMMIT: usize = 16;
 
 pub type SledStore = BankStore<SledKv>;
 pub type MemStore = BankStore<MemKv>;
@@ -310,7 +319,21 @@ impl<K: Kv> BankStore<K> {
                 found
             }
         };
-        Ok(BankStore { kv, path, identity })
+        let mut store = BankStore {
+            kv,
+            path,
+            identity,
+            compact_todo: Default::default(),
+        };
+        // Finish what compaction had left when the store was last open (none in a new store).
+        if let Some(st) = store.state()? {
+            for (p, out) in st.out.iter().enumerate() {
+                if out.compacted.0 > 0 {
+                    store.compact_todo.insert(BranchId(p as u16), out.compacted);
+                }
+            }
+        }
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
@@ -529,8 +552,10 @@ impl<K: Kv> BankStore<K> {
             }
         }
         for &(peer, upto) in &batch.compact {
-            self.compaction(peer, upto, &mut ops)?;
+            let todo = self.compact_todo.entry(peer).or_default();
+            *todo = (*todo).max(upto);
         }
+        self.compaction(&mut ops)?;
         if let Some(below) = batch.prune_below {
             for prefix in [key_part, key_global] {
                 self.kv
@@ -549,23 +574,30 @@ impl<K: Kv> BankStore<K> {
         self.kv.apply(ops, true).map_err(|e| self.kv_error(e))
     }
 
-    /// Deletes of the transfer runs to `peer` that end at or before `upto`. The runs of a channel
-    /// are contiguous, so every run starting at or before `upto + 1` ends before the next one
-    /// starts; all but the last of them go (the last may hold `upto + 1`).
-    fn compaction(&self, peer: BranchId, upto: Seq, ops: &mut Vec<Op>) -> Result<(), StoreError> {
-        let mut dead: Vec<Vec<u8>> = Vec::new();
-        self.kv
-            .for_range(
-                &key_run(peer, Seq(0)),
-                &key_run(peer, Seq(upto.0.saturating_add(1))),
-                &mut |k, _| {
-                    dead.push(k.to_vec());
-                    Ok(())
-                },
-            )
-            .map_err(|e| self.kv_error(e))?;
-        dead.pop();
-        ops.extend(dead.into_iter().map(Op::Del));
+    /// Deletes of at most [`COMPACT_RUNS_PER_COMMIT`] transfer runs per channel that end at or
+    /// before the channel's compaction target. The runs of a channel are contiguous, so every
+    /// run starting at or before `upto + 1` ends before the next one starts: of those, all but
+    /// the last may go (the last may hold `upto + 1`). A target is done when that is all.
+    fn compaction(&mut self, ops: &mut Vec<Op>) -> Result<(), StoreError> {
+        let mut done = Vec::new();
+        for (&peer, &upto) in &self.compact_todo {
+            let mut keys = self
+                .kv
+                .keys_in(
+                    &key_run(peer, Seq(0)),
+                    &key_run(peer, Seq(upto.0.saturating_add(1))),
+                    COMPACT_RUNS_PER_COMMIT + 1,
+                )
+                .map_err(|e| kv_err(&self.path, e))?;
+            if keys.len() <= COMPACT_RUNS_PER_COMMIT {
+                done.push(peer);
+            }
+            keys.truncate(keys.len().saturating_sub(1));
+            ops.extend(keys.into_iter().map(Op::Del));
+        }
+        for peer in done {
+            self.compact_todo.remove(&peer);
+        }
         Ok(())
     }
 
@@ -797,6 +829,43 @@ mod tests {
     }
 
     #[test]
+    fn a_compaction_backlog_drains_a_bounded_number_of_runs_per_commit_and_resumes_on_open() {
+        let mut s = MemStore::new_mem(&identity(1));
+        let to = BranchId(2);
+        let runs = 2 * COMPACT_RUNS_PER_COMMIT as u64 + 5;
+        for q in 1..=runs {
+            let batch = WriteBatch {
+                transfers: vec![(to, Seq(q), 1)],
+                ..WriteBatch::default()
+            };
+            s.commit(&batch).unwrap();
+        }
+        let left = |s: &MemStore| s.log_entries(to, Seq(0), Seq(runs)).unwrap().len() as u64;
+        let mut st = Recovered::genesis(&cfg(1)).state;
+        st.out[2].sent = Seq(runs);
+        st.out[2].acked = Seq(runs);
+        st.out[2].compacted = Seq(runs);
+        s.commit(&WriteBatch {
+            state: Some(st),
+            compact: vec![(to, Seq(runs))],
+            ..WriteBatch::default()
+        })
+        .unwrap();
+        assert_eq!(left(&s), runs - COMPACT_RUNS_PER_COMMIT as u64);
+        // A crash now: the reopened store finds the target in the state and carries on.
+        let mut s = BankStore::with_kv(s.kv.clone(), s.path.clone(), None).unwrap();
+        let other = WriteBatch {
+            transfers: vec![(BranchId(0), Seq(1), 1)],
+            ..WriteBatch::default()
+        };
+        s.commit(&other).unwrap();
+        assert_eq!(left(&s), runs - 2 * COMPACT_RUNS_PER_COMMIT as u64);
+        s.commit(&other).unwrap();
+        assert_eq!(left(&s), 1, "all but the run holding the last seq");
+        assert!(s.compact_todo.is_empty());
+    }
+
+    #[test]
     fn missing_unacked_entries_are_corruption() {
         let mut s = MemStore::new_mem(&identity(1));
         let mut st = Recovered::genesis(&cfg(1)).state;
@@ -849,8 +918,8 @@ mod tests {
             .unwrap();
         assert!(matches!(e, StoreError::NotAStore(..)), "{e}");
 
-        // A garbled state: at the current schema it is found when read; in an old store the
-        // upgrade (which rewrites the state) finds it and refuses to open.
+        // A garbled state is refused at open: by the upgrade of an old store (which rewrites
+        // the state), and at the current schema by the read of what compaction left to do.
         let mut garbled = kv;
         garbled
             .apply(vec![Op::Put(KEY_STATE.to_vec(), vec![0xff, 0x00])], true)
@@ -865,8 +934,8 @@ mod tests {
                 true,
             )
             .unwrap();
-        let s = BankStore::with_kv(garbled, p, None).unwrap();
-        assert!(matches!(s.state(), Err(StoreError::Corrupt { .. })));
+        let e = BankStore::with_kv(garbled, p, None).err().unwrap();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
     }
 
     #[test]
