@@ -4,10 +4,11 @@ use clap::{Parser, Subcommand};
 use snapbank::audit::{audit, pending, AuditError, Cluster, PendingView};
 use snapbank::cli::{format_audit, DataDir, DEFAULT_KEY_FILE};
 use snapbank::hosts::HostList;
+use snapbank::report::{write_atomic, Report};
 use snapbank::secure::{ClusterKey, KeyError};
 use snapbank::snapshot::GlobalSnapshot;
 use snapbank::types::SnapshotId;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -75,6 +76,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write one self-contained HTML page charting the completed snapshots: each branch's
+    /// balance, the total against the expected total, snapshot durations and the transfer rate.
+    /// Exit 1 when a snapshot does not conserve money (the page is written all the same).
+    Report {
+        #[command(flatten)]
+        stores: Stores,
+        /// The HTML file to write (through a temporary file next to it and a rename).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +93,7 @@ fn main() -> ExitCode {
     match args.cmd {
         Cmd::Audit { stores, json } => cmd_audit(&stores.data, stores.hosts, json),
         Cmd::Snapshots { stores, json } => cmd_snapshots(&stores.data, stores.hosts, json),
+        Cmd::Report { stores, out } => cmd_report(&stores.data, stores.hosts, &out),
         Cmd::Restore { stores, snapshot } => cmd_restore(&stores.data, stores.hosts, snapshot),
         Cmd::Keygen {
             hosts,
@@ -291,6 +303,38 @@ fn print_pending(pending: &[PendingView]) {
             "pending snapshot {} (started {started}): {what}",
             p.snapshot
         );
+    }
+}
+
+fn cmd_report(data: &DataDir, hosts: Option<PathBuf>, out: &Path) -> ExitCode {
+    let hosts = match load_hosts(hosts) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let cluster = match Cluster::open(&data.data_dir, hosts.as_ref()) {
+        Ok(c) => c,
+        Err(e) => return cannot_read(e),
+    };
+    let report = match Report::from_cluster(&cluster).and_then(|r| {
+        write_atomic(out, r.html().as_bytes())?;
+        Ok(r)
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("snapctl: error: report: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "wrote {}: {} completed snapshots, {}",
+        out.display(),
+        report.snapshots.len(),
+        report.verdict()
+    );
+    if report.unconserved().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
