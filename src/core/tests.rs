@@ -105,7 +105,8 @@ impl Sim {
         for me in 0..n {
             let mut cfg = config(n, me);
             tweak(&mut cfg);
-            let store = MemStore::new_mem(&identity(&cfg));
+            let mut store = MemStore::new_mem(&identity(&cfg));
+            store.compact_on_every_commit();
             let rec = store.recover(&cfg).expect("recover a fresh store");
             s.cores.push(Branch::new(cfg.clone(), rec));
             s.stores.push(store);
