@@ -4,7 +4,7 @@
 use crate::cli::{error_line, init_logging, BranchFlags, DataDir, KeyArgs};
 use crate::core::CoreConfig;
 use crate::hosts::HostList;
-use crate::net::{run_branch, NodeConfig};
+use crate::net::{metrics, run_branch, Metrics, NodeConfig};
 use crate::secure::{ClusterKey, Security};
 use crate::store::{branch_dir, Identity, SledStore, StoreError};
 use clap::Parser;
@@ -39,6 +39,10 @@ struct Args {
     /// throughput with and without snapshots can be compared in one run.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     snapshot_phases: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (off by default;
+    /// anyone who reaches ADDR can read them: prefer a loopback or private address).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Runs `bank` with these arguments (the first is the program name).
@@ -83,6 +87,14 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             f.initial_balance
         );
     }
+    // Before anything is written or any money moves: a port in use is one error line.
+    let metrics_listener = match args.metrics {
+        Some(at) => Some(
+            metrics::bind(at)
+                .map_err(|e| anyhow::anyhow!("--metrics {at}: cannot listen there: {e}"))?,
+        ),
+        None => None,
+    };
     let security = if args.key.insecure {
         tracing::warn!(
             "branch {addr}: running --insecure: links are neither authenticated nor encrypted; any process that reaches this port can move money"
@@ -136,6 +148,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         started,
         stats_file: args.stats_file.clone(),
         snapshot_phases: args.snapshot_phases,
+        metrics: Metrics::new(addr, started),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -152,6 +165,13 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
                 sig.recv().await;
                 trigger.cancel();
             });
+        }
+        if let Some(listener) = metrics_listener {
+            let at = listener
+                .local_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            metrics::serve(listener, cfg.metrics.clone())
+                .map_err(|e| anyhow::anyhow!("--metrics {at}: cannot serve: {e}"))?;
         }
         let store = tokio::task::block_in_place(|| open_with_retry(&dir, &identity))?;
         Ok::<_, anyhow::Error>(run_branch(cfg, store, shutdown).await?)

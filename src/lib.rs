@@ -10,6 +10,7 @@
 //! - [`net`]: the thin tokio shell that runs a core: listener, per-peer links, group commit
 //! - [`audit`]: global consistency checks over the stores of a stopped cluster
 //! - [`restore`]: rewind a stopped cluster to a completed snapshot (rebuilding lost stores)
+//! - [`live_audit`]: `snapctl audit --live`: a running cluster's latest snapshots, over the control channel
 //! - [`report`]: the `snapctl report` page: charts of the completed snapshots, self-contained HTML
 //! - [`sim`]: seeded deterministic simulator of many cores with crashes and partitions
 //! - [`hosts`]: the `host.list` format; [`snapshot`]: snapshot data; [`types`]: newtypes
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod core;
 pub mod daemon;
 pub mod hosts;
+pub mod live_audit;
 pub mod net;
 pub mod report;
 pub mod restore;

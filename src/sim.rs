@@ -462,7 +462,7 @@ impl Brief {
             Message::Compact { snapshot, .. } => Brief::Compact {
                 snapshot: snapshot.0,
             },
-            Message::Hello { .. } => Brief::Hello,
+            Message::Hello { .. } | Message::Request(_) | Message::Reply(_) => Brief::Hello,
         }
     }
 }
@@ -1665,7 +1665,7 @@ impl<'a> Sim<'a> {
                 Message::Marker { snapshot, .. } => *snapshot <= d.last_recorded,
                 Message::Part(part) => part.snapshot <= d.parts_done,
                 Message::Compact { snapshot, .. } => *snapshot <= d.completed,
-                Message::Hello { .. } => false,
+                Message::Hello { .. } | Message::Request(_) | Message::Reply(_) => false,
             };
             if !ok {
                 return Err(format!(

@@ -3,9 +3,12 @@
 //! A frame on the wire is a 4-byte big-endian length followed by that many bytes of CBOR encoding
 //! one [`Message`]. Frames larger than [`FRAME_BYTES_MAX`] are refused before any allocation.
 //! Each TCP connection is dialled by the sender of one channel `i → j`: `i` sends `Hello`, then
-//! `Transfers`, `Marker` and `Part`; `j` answers `Hello` once and then only `Ack`.
+//! `Transfers`, `Marker`, `Part` and (from the initiator) `Compact`; `j` answers `Hello` once and
+//! then only `Ack`. An operator's control connection (`snapctl status`, `snapctl snapshot`)
+//! carries `Request`s one way and `Reply`s the other.
 
-use crate::snapshot::LocalPart;
+use crate::core::Pending;
+use crate::snapshot::{GlobalSnapshot, LocalPart};
 use crate::types::{Amount, BranchId, Seq, SnapshotId};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -43,6 +46,82 @@ pub enum Message {
         snapshot: SnapshotId,
         below: Vec<(BranchId, Seq)>,
     },
+    /// From an operator, on a control connection.
+    Request(Request),
+    /// A branch's answer to a [`Request`].
+    Reply(Reply),
+}
+
+/// What an operator can ask a running branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// How the branch is doing: [`BranchStatus`].
+    Status,
+    /// Initiator only: start a snapshot now and answer when it is complete.
+    Snapshot,
+    /// Initiator only: a completed global snapshot it keeps (`None`: the latest).
+    Global { snapshot: Option<SnapshotId> },
+    /// This branch's own part of a snapshot, if it keeps it.
+    Part { snapshot: SnapshotId },
+    /// Count and money of this branch's logged transfers `(after, upto]` to each `peer`.
+    LogSums { ranges: Vec<(BranchId, Seq, Seq)> },
+}
+
+/// Most ranges one [`Request::LogSums`] may ask for.
+pub const LOG_RANGES_MAX: usize = 4096;
+
+/// One answer of [`Reply::LogSums`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeSum {
+    pub count: u64,
+    pub money: u128,
+    /// The log holds every transfer of the range (not compacted away).
+    pub whole: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Status(BranchStatus),
+    /// The snapshot a [`Request::Snapshot`] started is complete (and durable).
+    SnapshotDone {
+        snapshot: SnapshotId,
+        duration_us: u64,
+        total: u128,
+        expected: Amount,
+    },
+    /// The request cannot be served here, and why.
+    Refused(String),
+    Global(Option<GlobalSnapshot>),
+    Part(Option<LocalPart>),
+    /// One sum per requested range, in order.
+    LogSums(Vec<RangeSum>),
+}
+
+/// A running branch's answer to [`Request::Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchStatus {
+    pub branch: BranchId,
+    pub initiator: bool,
+    pub balance: Amount,
+    /// Peers this branch's outgoing links are connected to.
+    pub links_up: Vec<BranchId>,
+    /// Peers connected to this branch (their outgoing links).
+    pub inbound_up: Vec<BranchId>,
+    /// Transfers sent, and applied from others, since genesis.
+    pub sent: u64,
+    pub applied: u64,
+    /// Sent and not yet acknowledged.
+    pub unacked: u64,
+    pub unacked_money: u128,
+    /// The initiator: the last global snapshot completed; others: the last part completed.
+    pub last_snapshot: SnapshotId,
+    /// Snapshots this branch waits on, and for what.
+    pub pending: Vec<Pending>,
+    pub uptime_ms: u64,
+    /// Times this branch's store was opened by `bank` before this start.
+    pub restarts: u64,
+    /// Start of the history the transfer logs still hold (the last compaction's snapshot).
+    pub history_from: SnapshotId,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +168,12 @@ impl Message {
             Message::Compact { snapshot, .. } if snapshot.0 == 0 => {
                 Err(WireError::Invalid("Compact for snapshot 0".into()))
             }
+            Message::Reply(Reply::SnapshotDone { snapshot, .. }) if snapshot.0 == 0 => {
+                Err(WireError::Invalid("SnapshotDone for snapshot 0".into()))
+            }
+            Message::Request(Request::LogSums { ranges }) if ranges.len() > LOG_RANGES_MAX => Err(
+                WireError::Invalid(format!("LogSums asks for {} ranges", ranges.len())),
+            ),
             _ => Ok(()),
         }
     }
@@ -221,6 +306,50 @@ mod tests {
                 snapshot: SnapshotId(9),
                 below: vec![(BranchId(0), Seq(12)), (BranchId(2), Seq(0))],
             },
+            Message::Request(Request::Status),
+            Message::Request(Request::Snapshot),
+            Message::Request(Request::Global { snapshot: None }),
+            Message::Request(Request::Part {
+                snapshot: SnapshotId(2),
+            }),
+            Message::Request(Request::LogSums {
+                ranges: vec![(BranchId(1), Seq(3), Seq(9))],
+            }),
+            Message::Reply(Reply::Part(None)),
+            Message::Reply(Reply::Global(None)),
+            Message::Reply(Reply::LogSums(vec![RangeSum {
+                count: 6,
+                money: 60,
+                whole: true,
+            }])),
+            Message::Reply(Reply::Status(BranchStatus {
+                branch: BranchId(1),
+                initiator: false,
+                balance: 10,
+                links_up: vec![BranchId(0)],
+                inbound_up: vec![BranchId(0), BranchId(2)],
+                sent: 5,
+                applied: 4,
+                unacked: 1,
+                unacked_money: 7,
+                last_snapshot: SnapshotId(3),
+                pending: vec![Pending {
+                    snapshot: SnapshotId(4),
+                    since: 12,
+                    markers_from: vec![BranchId(2)],
+                    parts_from: vec![],
+                }],
+                uptime_ms: 1000,
+                restarts: 2,
+                history_from: SnapshotId(3),
+            })),
+            Message::Reply(Reply::SnapshotDone {
+                snapshot: SnapshotId(4),
+                duration_us: 1500,
+                total: 30,
+                expected: 30,
+            }),
+            Message::Reply(Reply::Refused("not the initiator".into())),
         ]
     }
 

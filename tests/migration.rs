@@ -146,8 +146,13 @@ fn upgrade_audit_and_run_on(f: &Fixture) -> serde_json::Value {
         a["history_from"].as_u64().unwrap_or(0) > f.snapshots,
         "compacted from a snapshot taken after the upgrade: {a:#}"
     );
-    assert!(a["transfers"].as_u64().unwrap_or(0) > f.transfers, "{a:#}");
-    assert_eq!(in_flight(&a), 0, "{a:#}");
+    // The owed transfer arrived: every channel applied many more after it, in order. Branches
+    // stopping one after another may leave a few new ones in flight, which the audit counts.
+    assert!(
+        a["transfers"].as_u64().unwrap_or(0) > f.transfers + 100,
+        "{a:#}"
+    );
+    assert_eq!(a["consistent"], true, "{a:#}");
     a
 }
 

@@ -10,7 +10,10 @@ use snapbank::hosts::HostList;
 use snapbank::secure::{initiate, respond, BranchKeys, ClusterKey, Mode, Preamble, SecureCodec};
 use snapbank::snapshot::{ChannelRecord, LocalPart};
 use snapbank::types::{BranchId, Seq, SnapshotId};
-use snapbank::wire::{Message, MessageCodec, WireError, FRAME_BYTES_MAX, TRANSFERS_PER_FRAME_MAX};
+use snapbank::wire::{
+    Message, MessageCodec, Reply, Request, WireError, FRAME_BYTES_MAX, LOG_RANGES_MAX,
+    TRANSFERS_PER_FRAME_MAX,
+};
 use std::path::Path;
 use std::sync::OnceLock;
 use tokio_util::codec::{Decoder, Encoder};
@@ -129,6 +132,21 @@ fn valid_message() -> impl Strategy<Value = Message> {
             snapshot: SnapshotId(s),
             below
         }),
+        prop_oneof![Just(Request::Status), Just(Request::Snapshot)].prop_map(Message::Request),
+        (nonzero_u64(), any::<u64>(), any::<u128>(), any::<u64>()).prop_map(
+            |(s, duration_us, total, expected)| Message::Reply(Reply::SnapshotDone {
+                snapshot: SnapshotId(s),
+                duration_us,
+                total,
+                expected
+            })
+        ),
+        ".{0,40}".prop_map(|why| Message::Reply(Reply::Refused(why))),
+        vec((branch(), seq(), seq()), 0..50)
+            .prop_map(|ranges| Message::Request(Request::LogSums { ranges })),
+        nonzero_u64().prop_map(|s| Message::Request(Request::Part {
+            snapshot: SnapshotId(s)
+        })),
     ]
 }
 
@@ -184,6 +202,15 @@ fn invalid_message() -> impl Strategy<Value = Message> {
             after
         }),
         local_part(Just(SnapshotId(0)), 4).prop_map(Message::Part),
+        // SnapshotDone for snapshot 0.
+        (any::<u64>(), any::<u128>()).prop_map(|(duration_us, total)| Message::Reply(
+            Reply::SnapshotDone {
+                snapshot: SnapshotId(0),
+                duration_us,
+                total,
+                expected: 1
+            }
+        )),
         // Compact for snapshot 0.
         vec((branch(), seq()), 0..8).prop_map(|below| Message::Compact {
             snapshot: SnapshotId(0),
@@ -220,6 +247,9 @@ fn spec_valid(m: &Message) -> bool {
         Message::Marker { snapshot, .. } => snapshot.0 != 0,
         Message::Part(p) => p.snapshot.0 != 0,
         Message::Compact { snapshot, .. } => snapshot.0 != 0,
+        Message::Reply(Reply::SnapshotDone { snapshot, .. }) => snapshot.0 != 0,
+        Message::Request(Request::LogSums { ranges }) => ranges.len() <= LOG_RANGES_MAX,
+        Message::Request(_) | Message::Reply(_) => true,
         Message::Hello { .. } | Message::Ack { .. } => true,
     }
 }

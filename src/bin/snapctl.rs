@@ -1,13 +1,17 @@
-//! `snapctl`: inspect and audit the stores of a stopped snapbank cluster.
+//! `snapctl`: inspect and audit the stores of a stopped snapbank cluster, and ask a running one
+//! (`status`, `snapshot`) over its authenticated channel.
 
 use clap::{Parser, Subcommand};
 use snapbank::audit::{audit, pending, AuditError, Cluster, PendingView};
-use snapbank::cli::{format_audit, DataDir, DEFAULT_KEY_FILE};
+use snapbank::cli::{format_audit, DataDir, KeyArgs, DEFAULT_KEY_FILE};
 use snapbank::hosts::HostList;
+use snapbank::live_audit::live_audit;
+use snapbank::net::control::{ask, ControlError, Operator};
 use snapbank::report::{write_atomic, Report};
 use snapbank::secure::{ClusterKey, KeyError};
 use snapbank::snapshot::GlobalSnapshot;
-use snapbank::types::SnapshotId;
+use snapbank::types::{BranchId, SnapshotId};
+use snapbank::wire::{BranchStatus, Reply, Request};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
@@ -39,6 +43,18 @@ enum Cmd {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Audit a running cluster (whose stores its branches hold locked) over its
+        /// authenticated channel, from its latest completed snapshots (host.list by default).
+        #[arg(long)]
+        live: bool,
+        /// With --live: how many of the latest completed snapshots to check.
+        #[arg(long, default_value_t = 8, value_name = "K", requires = "live", value_parser = clap::value_parser!(u64).range(1..=256))]
+        snapshots: u64,
+        /// With --live: how long to wait for each answer.
+        #[arg(long, default_value = "5s", value_name = "DURATION", requires = "live", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Rewind every store of a stopped cluster to completed snapshot K (a lost store is rebuilt
     /// from the initiator's copy); the cluster then restarts from K with the total intact.
@@ -86,14 +102,65 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Ask every running branch how it is: balance, links, transfers, snapshots, uptime,
+    /// restarts. Exit 1 if a branch does not answer.
+    Status {
+        #[command(flatten)]
+        live: Live,
+        /// How long to wait for each branch.
+        #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Ask the running initiator to start a snapshot now and wait for its verdict. Exit 0 when
+    /// it conserves money, 1 when it does not or no verdict came in time.
+    Snapshot {
+        #[command(flatten)]
+        live: Live,
+        /// How long to wait for the snapshot to complete.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// How to reach a running cluster.
+#[derive(clap::Args, Debug)]
+struct Live {
+    /// The cluster's branch list.
+    #[arg(long, default_value = "host.list", value_name = "FILE")]
+    hosts: PathBuf,
+    #[command(flatten)]
+    data: DataDir,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.cmd {
-        Cmd::Audit { stores, json } => cmd_audit(&stores.data, stores.hosts, json),
+        Cmd::Audit {
+            stores,
+            json,
+            live: true,
+            snapshots,
+            timeout,
+            key,
+        } => {
+            let live = Live {
+                hosts: stores.hosts.unwrap_or_else(|| PathBuf::from("host.list")),
+                data: stores.data,
+                key,
+                json,
+            };
+            cmd_audit_live(&live, snapshots, timeout)
+        }
+        Cmd::Audit { stores, json, .. } => cmd_audit(&stores.data, stores.hosts, json),
         Cmd::Snapshots { stores, json } => cmd_snapshots(&stores.data, stores.hosts, json),
         Cmd::Report { stores, out } => cmd_report(&stores.data, stores.hosts, &out),
+        Cmd::Status { live, timeout } => cmd_status(&live, timeout),
+        Cmd::Snapshot { live, timeout } => cmd_snapshot(&live, timeout),
         Cmd::Restore { stores, snapshot } => cmd_restore(&stores.data, stores.hosts, snapshot),
         Cmd::Keygen {
             hosts,
@@ -165,6 +232,289 @@ fn cmd_keygen(
         );
     }
     ExitCode::SUCCESS
+}
+
+/// The operator's view of the cluster `live` names: host.list and the key file.
+fn operator(live: &Live) -> Result<Operator, String> {
+    let hosts = HostList::load(&live.hosts).map_err(|e| e.to_string())?;
+    let keys = if live.key.insecure {
+        None
+    } else {
+        let path = live.key.path(&live.data);
+        let key = ClusterKey::load(&path).map_err(|e| e.to_string())?;
+        Some(
+            key.operator_keys(&hosts, &path)
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    Ok(Operator { hosts, keys })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("snapctl: error: cannot start the async runtime: {e}");
+            ExitCode::from(2)
+        })
+}
+
+fn cmd_status(live: &Live, timeout: Duration) -> ExitCode {
+    let op = match operator(live) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("snapctl: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let n = op.hosts.len();
+    let answers: Vec<Result<BranchStatus, String>> = rt.block_on(async {
+        let asks = (0..n).map(|b| ask(&op, BranchId(b as u16), Request::Status, timeout));
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(Reply::Status(s)) => Ok(s),
+                Ok(Reply::Refused(why)) => Err(why),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect()
+    });
+    let name = |b: BranchId| op.hosts.addr(b).to_string();
+    if live.json {
+        let doc: Vec<serde_json::Value> = answers
+            .iter()
+            .enumerate()
+            .map(|(b, a)| match a {
+                Ok(s) => serde_json::json!({"branch": name(BranchId(b as u16)), "status": s}),
+                Err(e) => serde_json::json!({"branch": name(BranchId(b as u16)), "error": e}),
+            })
+            .collect();
+        match serde_json::to_string_pretty(&doc) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("snapctl: error: cannot encode: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", format_status(&answers, &op.hosts));
+    }
+    if answers.iter().all(|a| a.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// The status table: one line per branch, then one per snapshot a branch waits on.
+fn format_status(answers: &[Result<BranchStatus, String>], hosts: &HostList) -> String {
+    use std::fmt::Write;
+    let name = |b: BranchId| hosts.addr(b).to_string();
+    let peers = hosts.len().saturating_sub(1);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<22} {:>12} {:>6} {:>6} {:>12} {:>12} {:>8} {:>6} {:>7} {:>9} {:>8}",
+        "branch",
+        "balance",
+        "links",
+        "inbnd",
+        "sent",
+        "applied",
+        "unacked",
+        "last",
+        "pending",
+        "uptime",
+        "restarts"
+    );
+    let mut waits = Vec::new();
+    for (b, a) in answers.iter().enumerate() {
+        let me = name(BranchId(b as u16));
+        let label = if hosts.initiator.index() == b {
+            format!("{me} S")
+        } else {
+            me.clone()
+        };
+        match a {
+            Err(e) => {
+                let _ = writeln!(s, "{label:<22} not answering: {e}");
+            }
+            Ok(st) => {
+                let _ = writeln!(
+                    s,
+                    "{:<22} {:>12} {:>6} {:>6} {:>12} {:>12} {:>8} {:>6} {:>7} {:>9} {:>8}",
+                    label,
+                    st.balance,
+                    format!("{}/{peers}", st.links_up.len()),
+                    format!("{}/{peers}", st.inbound_up.len()),
+                    st.sent,
+                    st.applied,
+                    st.unacked,
+                    st.last_snapshot.0,
+                    st.pending.len(),
+                    format!("{:.1}s", st.uptime_ms as f64 / 1000.0),
+                    st.restarts
+                );
+                for p in &st.pending {
+                    let list =
+                        |v: &[BranchId]| v.iter().map(|b| name(*b)).collect::<Vec<_>>().join(", ");
+                    let mut what = Vec::new();
+                    if !p.markers_from.is_empty() {
+                        what.push(format!("markers from {}", list(&p.markers_from)));
+                    }
+                    if !p.parts_from.is_empty() {
+                        what.push(format!("parts from {}", list(&p.parts_from)));
+                    }
+                    waits.push(format!(
+                        "  {me}: snapshot {} waits for {}",
+                        p.snapshot,
+                        what.join("; ")
+                    ));
+                }
+            }
+        }
+    }
+    for w in waits {
+        let _ = writeln!(s, "{w}");
+    }
+    let answered = answers.iter().filter(|a| a.is_ok()).count();
+    let _ = writeln!(
+        s,
+        "{answered} of {} branches answered; links: outgoing links up, inbnd: peers connected to it; last: last snapshot completed (initiator) or part recorded",
+        answers.len()
+    );
+    s
+}
+
+fn cmd_audit_live(live: &Live, last: u64, timeout: Duration) -> ExitCode {
+    let op = match operator(live) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("snapctl: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let report = match rt.block_on(live_audit(&op, last, timeout)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("snapctl: error: live audit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if live.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("snapctl: error: cannot encode the report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        let ids = &report.snapshots;
+        println!(
+            "live audit of snapshots {}: expected total {}",
+            match (ids.first(), ids.last()) {
+                (Some(a), Some(b)) => format!("{a}..={b} ({} kept)", ids.len()),
+                _ => "none".to_string(),
+            },
+            report.expected_total
+        );
+        println!(
+            "channel records checked against the senders' logs: {} ({} already compacted); ledgers between snapshots: {} ({} compacted); parts pruned at their branch: {}",
+            report.channels_checked,
+            report.channels_compacted,
+            report.ledgers_checked,
+            report.ledgers_compacted,
+            report.parts_pruned
+        );
+        if report.consistent {
+            println!("live audit: CONSISTENT");
+        } else {
+            println!(
+                "live audit: INCONSISTENT, {} violations:",
+                report.violations.len()
+            );
+            for v in &report.violations {
+                println!("  - {v}");
+            }
+        }
+    }
+    if report.consistent {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn cmd_snapshot(live: &Live, timeout: Duration) -> ExitCode {
+    let op = match operator(live) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("snapctl: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let initiator = op.hosts.initiator;
+    let answer = rt.block_on(ask(&op, initiator, Request::Snapshot, timeout));
+    match answer {
+        Ok(Reply::SnapshotDone {
+            snapshot,
+            duration_us,
+            total,
+            expected,
+        }) => {
+            let ok = total == expected as u128;
+            if live.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"snapshot": snapshot.0, "duration_us": duration_us,
+                        "total": total, "expected": expected, "conserved": ok})
+                );
+            } else {
+                println!(
+                    "snapshot {snapshot} complete in {:.1} ms: total {total} (expected {expected}): {}",
+                    duration_us as f64 / 1000.0,
+                    if ok { "money conserved" } else { "MONEY NOT CONSERVED" }
+                );
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Ok(Reply::Refused(why)) => {
+            eprintln!("snapctl: error: {}: {why}", op.hosts.addr(initiator));
+            ExitCode::from(1)
+        }
+        Ok(other) => {
+            eprintln!("snapctl: error: unexpected answer {other:?}");
+            ExitCode::from(1)
+        }
+        Err(e @ ControlError::Timeout { .. }) => {
+            eprintln!("snapctl: error: snapshot: {e} (`snapctl status` shows what it waits for)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("snapctl: error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn load_hosts(path: Option<PathBuf>) -> Result<Option<HostList>, ExitCode> {

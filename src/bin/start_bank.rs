@@ -8,7 +8,7 @@ use snapbank::cli::{error_line, format_audit, BranchFlags, DataDir, KeyArgs};
 use snapbank::hosts::HostList;
 use snapbank::secure::ClusterKey;
 use snapbank::store::{branch_dir, Identity, SledStore};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
@@ -32,6 +32,10 @@ struct Args {
     /// Stop the branches gracefully after this long and print the audit of their stores.
     #[arg(long = "for", allow_hyphen_values = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
     run_for: Option<Duration>,
+    /// Serve each branch's Prometheus metrics (`bank --metrics`): the branch at position i of
+    /// host.list (the first is 0) at IP:PORT+i. Off by default.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_base: Option<SocketAddr>,
     #[command(flatten)]
     flags: BranchFlags,
 }
@@ -106,6 +110,24 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         vec!["--key".into(), path.into_os_string()]
     };
+    // Each branch's metrics address, checked before any branch starts.
+    let mut metrics_at = Vec::new();
+    for id in &mine {
+        metrics_at.push(match args.metrics_base {
+            Some(base) => {
+                let port = base.port().checked_add(id.0).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--metrics-base {base}: branch {} would get port {} + {}, beyond 65535",
+                        hosts.addr(*id),
+                        base.port(),
+                        id.0
+                    )
+                })?;
+                Some(SocketAddr::new(base.ip(), port))
+            }
+            None => None,
+        });
+    }
     let me = std::env::current_exe()?;
     // The `bank` binary next to us if it was built, else this binary in branch mode.
     let (bank, mode): (PathBuf, &[&str]) = match me.parent().map(|d| d.join("bank")) {
@@ -117,7 +139,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut branches = Vec::new();
-    for id in &mine {
+    for (id, metrics_at) in mine.iter().zip(&metrics_at) {
         let addr = hosts.addr(*id).to_string();
         let mut cmd = Command::new(&bank);
         cmd.args(mode)
@@ -131,6 +153,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .stdin(Stdio::null())
             // Should start_bank fail, its branches must not outlive it.
             .kill_on_drop(true);
+        if let Some(at) = metrics_at {
+            cmd.arg("--metrics").arg(at.to_string());
+        }
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start bank {addr}: {e}"))?;

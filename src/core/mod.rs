@@ -260,7 +260,7 @@ pub enum Notice {
 }
 
 /// A snapshot this branch is still waiting on, and what for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     pub snapshot: SnapshotId,
     /// When this branch recorded its state for it (initiator: when it started it).
@@ -455,6 +455,14 @@ impl Branch {
         self.out_link.iter().filter(|l| l.is_some()).count()
     }
 
+    /// The peers whose outgoing link is up.
+    pub fn links_up_to(&self) -> Vec<BranchId> {
+        (0..self.cfg.branches)
+            .map(BranchId)
+            .filter(|b| self.out_link[b.index()].is_some())
+            .collect()
+    }
+
     pub fn snapshots_in_flight(&self) -> usize {
         self.state.recording.len()
     }
@@ -635,6 +643,9 @@ impl Branch {
             } => self.on_ack(from, applied, marker, part),
             Message::Compact { snapshot, below } => self.on_compact(from, snapshot, &below),
             Message::Hello { .. } => Err(ProtocolError::Unexpected("Hello")),
+            Message::Request(_) | Message::Reply(_) => Err(ProtocolError::Unexpected(
+                "control message on a branch link",
+            )),
         }
     }
 

@@ -184,7 +184,9 @@ impl Sim {
                     );
                     assert_eq!(below.len(), self.cores.len() - 1);
                 }
-                Message::Hello { .. } => panic!("the core never says Hello"),
+                Message::Hello { .. } | Message::Request(_) | Message::Reply(_) => {
+                    panic!("the core never says {msg:?}")
+                }
             }
         }
         // The store's log holds exactly the shadow's entries (compacted, sent] on each channel.

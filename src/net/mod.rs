@@ -7,13 +7,18 @@
 //! - one **outgoing link** task per peer dials it (retrying every 2 s, forever), handshakes, writes
 //!   the core's messages for that peer and reads its acknowledgements;
 //! - a **listener** accepts peers' connections; each inbound connection reads transfers, markers
-//!   and parts, and writes our acknowledgements back.
+//!   and parts, and writes our acknowledgements back;
+//! - with `--metrics`, an HTTP server ([`metrics`]) serves Prometheus metrics; the core loop
+//!   refreshes them only when scraped.
 //!
 //! [`WriteBatch`]: crate::core::WriteBatch
 
+pub mod control;
+pub mod metrics;
 mod pace;
 mod stats;
 
+pub use metrics::Metrics;
 pub use pace::Pace;
 use stats::Stats;
 
@@ -21,7 +26,7 @@ use crate::core::{Branch, CoreConfig, Link, Notice, Ready, Remedy};
 use crate::hosts::HostList;
 use crate::secure::{self, FrameCodec, Preamble, Security, PREAMBLE_LEN};
 use crate::store::{SledStore, StoreError};
-use crate::types::{BranchId, Micros};
+use crate::types::{BranchId, Micros, SnapshotId};
 use crate::wire::{Message, MessageCodec, WireError};
 use futures::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
@@ -73,6 +78,9 @@ pub struct NodeConfig {
     pub stats_file: Option<std::path::PathBuf>,
     /// Benchmarks: start snapshots only in even wall-clock phases of this length.
     pub snapshot_phases: Option<Duration>,
+    /// The branch's metrics, kept up to date by the core loop and the links (served over HTTP
+    /// by [`metrics::serve`] with `--metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +107,22 @@ pub struct RunSummary {
 }
 
 enum Event {
-    Message { from: BranchId, msg: Message },
-    LinkUp { peer: BranchId, epoch: u64 },
-    LinkDown { peer: BranchId },
-    InboundUp { peer: BranchId },
+    Message {
+        from: BranchId,
+        msg: Message,
+    },
+    LinkUp {
+        peer: BranchId,
+        epoch: u64,
+    },
+    LinkDown {
+        peer: BranchId,
+    },
+    InboundUp {
+        peer: BranchId,
+    },
+    /// An operator's request (`snapctl status`, `snapctl snapshot`).
+    Control(control::Pending),
 }
 
 /// Acknowledgement slot of the current inbound connection from each peer. Acks are cumulative,
@@ -117,7 +137,7 @@ fn now_us() -> Micros {
 }
 
 /// Runs one branch until `shutdown` is cancelled; then stops making transfers, lets in-flight
-/// work settle for `settle`, flushes and returns.
+/// work settle for `settle`, flushes and returns. It counts its start in the store.
 pub async fn run_branch(
     cfg: NodeConfig,
     mut store: SledStore,
@@ -133,6 +153,11 @@ pub async fn run_branch(
         })?;
     let recovered = store.recover(&cfg.core)?;
     let mut core = Branch::new(cfg.core.clone(), recovered);
+    // Counts this start durably; `restarts` is how many came before it.
+    let restarts = tokio::task::block_in_place(|| store.count_start())?;
+    let metrics = cfg.metrics.clone();
+    metrics.set_restarts(restarts);
+    metrics.observe(&core);
     let n = cfg.hosts.len();
     let mut stats = Stats::new(cfg.stats_file.clone(), cfg.started, n, cfg.snapshot_phases);
     stats.store_opened(core.state());
@@ -150,6 +175,7 @@ pub async fn run_branch(
             .map_or(true, |len| stats::phase_index(len) % 2 == 0)
     };
     let (inbox_tx, mut inbox) = mpsc::channel::<Event>(INBOX_EVENTS_MAX);
+    let mut console = control::Console::new(cfg.started, restarts);
     let links_stop = CancellationToken::new();
     let inbound: InboundWriters = Arc::new(Mutex::new(vec![None; n]));
 
@@ -224,16 +250,18 @@ pub async fn run_branch(
                 stats.write(&addr_text);
             }
             _ = pending_timer.tick() => report_pending(&core, &cfg, &mut warned),
+            // Between steps everything the core holds is durable: a scrape sees committed state.
+            _ = metrics.refresh_wanted() => metrics.observe(&core),
             _ = std::future::ready(()), if work_ready => {}
             _ = tokio::time::sleep(Duration::from_millis(2)), if full_speed && !can_transfer && !stopping => {}
             ev = inbox.recv() => match ev {
-                Some(ev) => handle_event(&mut core, ev, &inbound, &cfg.hosts)?,
+                Some(ev) => handle_event(&mut core, ev, &inbound, &cfg.hosts, &mut console, &store)?,
                 None => break,
             },
         }
         for _ in 0..EVENTS_PER_STEP_MAX {
             match inbox.try_recv() {
-                Ok(ev) => handle_event(&mut core, ev, &inbound, &cfg.hosts)?,
+                Ok(ev) => handle_event(&mut core, ev, &inbound, &cfg.hosts, &mut console, &store)?,
                 Err(_) => break,
             }
         }
@@ -252,7 +280,25 @@ pub async fn run_branch(
             }
         }
         let ready = core.take_ready();
-        commit_then_send(&mut store, ready, &out_links, &inbound, my_addr, &mut stats)?;
+        let completed: Vec<(SnapshotId, u64, u128, u64)> = ready
+            .notices
+            .iter()
+            .filter_map(|n| match n {
+                Notice::SnapshotComplete {
+                    snapshot,
+                    duration_us,
+                    total,
+                    expected,
+                } => Some((*snapshot, *duration_us, *total, *expected)),
+                _ => None,
+            })
+            .collect();
+        commit_then_send(
+            &mut store, ready, &out_links, &inbound, my_addr, &mut stats, &metrics,
+        )?;
+        for (k, us, total, expected) in completed {
+            console.completed(k, us, total, expected);
+        }
         if let Some(t) = stats.after_step(core.state()) {
             info!(
                 "branch {my_addr}: first transfer sent {:.1} ms after start",
@@ -317,6 +363,8 @@ fn handle_event(
     ev: Event,
     inbound: &InboundWriters,
     hosts: &HostList,
+    console: &mut control::Console,
+    store: &SledStore,
 ) -> Result<(), NodeError> {
     match ev {
         Event::Message { from, msg } => {
@@ -344,6 +392,16 @@ fn handle_event(
         Event::LinkUp { peer, epoch } => core.on_link_up(peer, epoch),
         Event::LinkDown { peer } => core.on_link_down(peer),
         Event::InboundUp { peer } => core.on_inbound_up(peer),
+        Event::Control(p) => {
+            let up: Vec<BranchId> = {
+                let w = inbound.lock().unwrap_or_else(|p| p.into_inner());
+                (0..w.len())
+                    .filter(|i| w[*i].is_some())
+                    .map(|i| BranchId(i as u16))
+                    .collect()
+            };
+            console.handle(core, store, p, up, hosts, now_us());
+        }
     }
     Ok(())
 }
@@ -356,11 +414,14 @@ fn commit_then_send(
     inbound: &InboundWriters,
     my_addr: SocketAddr,
     stats: &mut Stats,
+    metrics: &Metrics,
 ) -> Result<(), StoreError> {
     if !ready.persist.is_empty() {
         let began = std::time::Instant::now();
         tokio::task::block_in_place(|| store.commit(&ready.persist))?;
-        stats.commit_took(began.elapsed());
+        let took = began.elapsed();
+        stats.commit_took(took);
+        metrics.commit_took(took);
     }
     if !ready.send.is_empty() {
         let acks = inbound.lock().unwrap_or_else(|p| p.into_inner());
@@ -388,6 +449,7 @@ fn commit_then_send(
                 expected,
             } => {
                 stats.snapshot_completed(snapshot.0, duration_us);
+                metrics.snapshot_completed(duration_us);
                 let ms = duration_us as f64 / 1000.0;
                 if total == expected as u128 {
                     info!("snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected})");
@@ -396,7 +458,10 @@ fn commit_then_send(
                 }
             }
             Notice::SnapshotStarted(k) => debug!("snapshot {k} started"),
-            Notice::PartRecorded(k) => debug!("branch {my_addr}: part of snapshot {k} recorded"),
+            Notice::PartRecorded(k) => {
+                metrics.part_recorded();
+                debug!("branch {my_addr}: part of snapshot {k} recorded")
+            }
             Notice::SnapshotDeferred { live } => {
                 warn!("snapshot deferred: {live} snapshots still in flight")
             }
@@ -478,6 +543,7 @@ async fn outgoing_link(
 ) {
     let me = cfg.core.me;
     let addr = cfg.hosts.addr(peer);
+    let counters = &cfg.metrics.outgoing;
     let local_ip = cfg.hosts.addr(me).ip();
     let mut epoch = 0u64;
     let mut failures = 0u64;
@@ -499,7 +565,7 @@ async fn outgoing_link(
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
                 })??;
             stream.set_nodelay(true)?;
-            handshake_dial(stream, &cfg, peer).await
+            handshake_dial(stream, &cfg, peer, counters).await
         };
         let framed = tokio::select! {
             _ = stop.cancelled() => return,
@@ -534,6 +600,7 @@ async fn outgoing_link(
         };
         failures = 0;
         last_failure = None;
+        counters.connected();
         epoch += 1;
         debug!("link to {addr} up (epoch {epoch})");
         if inbox.send(Event::LinkUp { peer, epoch }).await.is_err() {
@@ -612,6 +679,8 @@ fn kind(m: &Message) -> &'static str {
         Message::Part(_) => "Part",
         Message::Ack { .. } => "Ack",
         Message::Compact { .. } => "Compact",
+        Message::Request(_) => "Request",
+        Message::Reply(_) => "Reply",
     }
 }
 
@@ -697,8 +766,12 @@ async fn secure_accept(
     let mut raw = [0u8; PREAMBLE_LEN];
     stream.read_exact(&mut raw).await.map_err(closed_as)?;
     let pre = Preamble::decode(&raw)?;
-    let peer =
-        check_claim(cfg, pre.cluster, pre.from, pre.to, remote).map_err(HandshakeError::Refused)?;
+    // An operator (snapctl) is no branch: the cluster's pre-shared key is its proof.
+    let peer = if pre.from == secure::OPERATOR && pre.to == cfg.core.me {
+        secure::OPERATOR
+    } else {
+        check_claim(cfg, pre.cluster, pre.from, pre.to, remote).map_err(HandshakeError::Refused)?
+    };
     let ours = cfg.security.mode();
     if pre.mode != ours {
         return Err(secure::HandshakeError::ModeMismatch {
@@ -712,10 +785,11 @@ async fn secure_accept(
         Security::Noise(keys) => {
             let msg1 = read_handshake_message(stream).await?;
             let (msg2, codec) = secure::respond(keys, &pre, &msg1).map_err(|e| {
-                HandshakeError::Refused(format!(
-                    "{e}; it claimed to be {}",
-                    cfg.hosts.addr(pre.from)
-                ))
+                HandshakeError::Refused(if peer == secure::OPERATOR {
+                    format!("{e}; an operator (snapctl) without this cluster's key file")
+                } else {
+                    format!("{e}; it claimed to be {}", cfg.hosts.addr(pre.from))
+                })
             })?;
             stream.write_all(&with_length(&msg2)).await?;
             Ok((peer, FrameCodec::Secure(codec)))
@@ -727,12 +801,13 @@ async fn handshake_dial(
     mut stream: TcpStream,
     cfg: &NodeConfig,
     peer: BranchId,
-) -> Result<Framed<TcpStream, FrameCodec>, HandshakeError> {
+    counters: &metrics::LinkCounters,
+) -> Result<Framed<metrics::Counted<TcpStream>, FrameCodec>, HandshakeError> {
     let me = cfg.core.me;
     let codec = tokio::time::timeout(HANDSHAKE_TIMEOUT, secure_dial(&mut stream, cfg, peer))
         .await
         .map_err(|_| HandshakeError::Timeout)??;
-    let mut framed = Framed::new(stream, codec);
+    let mut framed = Framed::new(counters.count(stream), codec);
     framed
         .send(Message::Hello {
             cluster: cfg.cluster_id,
@@ -838,7 +913,12 @@ async fn inbound_conn(
                 return;
             }
         };
-    let mut framed = Framed::new(stream, codec);
+    if claimed == secure::OPERATOR {
+        drop(permit);
+        control::serve(Framed::new(stream, codec), remote, inbox, stop).await;
+        return;
+    }
+    let mut framed = Framed::new(cfg.metrics.incoming.count(stream), codec);
     // The first encrypted frame proves the dialler holds the session keys (a replayed handshake
     // cannot produce it): nothing is acted on before it.
     let hello = match tokio::time::timeout_at(deadline, framed.next()).await {
@@ -873,6 +953,7 @@ async fn inbound_conn(
     if framed.send(reply).await.is_err() {
         return;
     }
+    cfg.metrics.incoming.connected();
     let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
     let (ack_tx, mut ack_rx) = watch::channel::<Option<Message>>(None);
     {

@@ -60,6 +60,20 @@ pub struct BranchKeys {
     pub publics: Vec<Key>,
 }
 
+/// What an operator (`snapctl status`, `snapctl snapshot`) needs to reach the branches: the
+/// cluster's pre-shared key and every branch's public key; no private key.
+#[derive(Clone)]
+pub struct OperatorKeys {
+    pub psk: Key,
+    pub publics: Vec<Key>,
+}
+
+impl std::fmt::Debug for OperatorKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OperatorKeys({} branches)", self.publics.len())
+    }
+}
+
 impl std::fmt::Debug for BranchKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "BranchKeys(branch {})", self.me)
@@ -332,6 +346,34 @@ impl ClusterKey {
         me: BranchId,
         path: &Path,
     ) -> Result<BranchKeys, KeyError> {
+        self.check_branches(hosts, path)?;
+        let mine = &self.branches[me.index()];
+        let private = mine.private.ok_or_else(|| KeyError::Mismatch {
+            path: path.display().to_string(),
+            what: format!(
+                "it does not hold the private key of {} (a file made for another host?)",
+                mine.addr
+            ),
+        })?;
+        Ok(BranchKeys {
+            me,
+            psk: self.psk,
+            private,
+            publics: self.branches.iter().map(|b| b.public).collect(),
+        })
+    }
+
+    /// The keys an operator talks to the branches of `hosts` with (any key file of the cluster).
+    pub fn operator_keys(&self, hosts: &HostList, path: &Path) -> Result<OperatorKeys, KeyError> {
+        self.check_branches(hosts, path)?;
+        Ok(OperatorKeys {
+            psk: self.psk,
+            publics: self.branches.iter().map(|b| b.public).collect(),
+        })
+    }
+
+    /// The file lists exactly the branches of `hosts`, in order.
+    fn check_branches(&self, hosts: &HostList, path: &Path) -> Result<(), KeyError> {
         let mismatch = |what: String| KeyError::Mismatch {
             path: path.display().to_string(),
             what,
@@ -359,19 +401,7 @@ impl ClusterKey {
                 )
             }));
         }
-        let mine = &self.branches[me.index()];
-        let private = mine.private.ok_or_else(|| {
-            mismatch(format!(
-                "it does not hold the private key of {} (a file made for another host?)",
-                mine.addr
-            ))
-        })?;
-        Ok(BranchKeys {
-            me,
-            psk: self.psk,
-            private,
-            publics: self.branches.iter().map(|b| b.public).collect(),
-        })
+        Ok(())
     }
 }
 

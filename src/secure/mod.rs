@@ -22,18 +22,28 @@
 //! the session keys; the listener acts on nothing until the dialler's first encrypted frame.
 //!
 //! With `--insecure` the preamble is followed by plain frames ([`crate::wire::MessageCodec`]).
+//!
+//! **Operators** (`snapctl status`, `snapctl snapshot`) are no branch: their preamble names
+//! [`OPERATOR`] as the caller and the handshake is Noise `NKpsk0`: the operator knows the
+//! branch's public key from the key file (so it talks to the real branch), and the cluster's
+//! pre-shared key proves the operator holds a key file of this cluster. Any key file of the
+//! cluster will do, a per-host one too: it holds the psk and every branch's public key.
 
 mod codec;
 pub mod keys;
 
 pub use codec::{FrameCodec, SecureCodec};
-pub use keys::{BranchKeys, ClusterKey, KeyError};
+pub use keys::{BranchKeys, ClusterKey, KeyError, OperatorKeys};
 
 use crate::types::BranchId;
 use std::sync::Arc;
 
 /// The Noise protocol every branch speaks.
 pub const NOISE_PARAMS: &str = "Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s";
+/// The Noise protocol of an operator's control connection.
+pub const NOISE_OPERATOR_PARAMS: &str = "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s";
+/// The caller named in the preamble of an operator's control connection.
+pub const OPERATOR: BranchId = BranchId(u16::MAX);
 /// Length of the preamble.
 pub const PREAMBLE_LEN: usize = 22;
 /// Handshake messages are 48 bytes; anything much longer is refused before reading it.
@@ -146,11 +156,17 @@ impl Preamble {
     }
 }
 
-fn params() -> snow::params::NoiseParams {
-    // A constant that parses: covered by every handshake test.
-    NOISE_PARAMS
-        .parse()
-        .expect("NOISE_PARAMS is a valid Noise pattern")
+fn params(operator: bool) -> snow::params::NoiseParams {
+    // Constants that parse: covered by every handshake test.
+    if operator {
+        NOISE_OPERATOR_PARAMS
+            .parse()
+            .expect("NOISE_OPERATOR_PARAMS is a valid Noise pattern")
+    } else {
+        NOISE_PARAMS
+            .parse()
+            .expect("NOISE_PARAMS is a valid Noise pattern")
+    }
 }
 
 fn public_key(keys: &BranchKeys, b: BranchId) -> Result<&keys::Key, HandshakeError> {
@@ -168,7 +184,16 @@ fn handshake_state(
 ) -> Result<snow::HandshakeState, HandshakeError> {
     let other = if initiator { pre.to } else { pre.from };
     let prologue = pre.prologue();
-    let builder = snow::Builder::new(params())
+    if pre.from == OPERATOR {
+        // The listener of an operator's connection: NKpsk0, the caller has no static key.
+        let built = snow::Builder::new(params(true))
+            .local_private_key(&keys.private)
+            .psk(0, &keys.psk)
+            .prologue(&prologue)
+            .build_responder();
+        return built.map_err(|_| HandshakeError::Unauthentic(OPERATOR));
+    }
+    let builder = snow::Builder::new(params(false))
         .local_private_key(&keys.private)
         .remote_public_key(public_key(keys, other)?)
         .psk(0, &keys.psk)
@@ -191,6 +216,37 @@ pub struct Initiator {
 /// preamble, prefixed by its length as a big-endian u16).
 pub fn initiate(keys: &BranchKeys, pre: &Preamble) -> Result<(Initiator, Vec<u8>), HandshakeError> {
     let mut state = handshake_state(keys, pre, true)?;
+    let mut msg = vec![0u8; HANDSHAKE_MESSAGE_MAX];
+    let n = state
+        .write_message(&[], &mut msg)
+        .map_err(|_| HandshakeError::Unauthentic(pre.to))?;
+    msg.truncate(n);
+    Ok((
+        Initiator {
+            state,
+            peer: pre.to,
+        },
+        msg,
+    ))
+}
+
+/// Starts an operator's handshake (Noise `NKpsk0`) with branch `pre.to`, whose preamble must
+/// name [`OPERATOR`] as the caller.
+pub fn initiate_operator(
+    keys: &OperatorKeys,
+    pre: &Preamble,
+) -> Result<(Initiator, Vec<u8>), HandshakeError> {
+    let server = keys
+        .publics
+        .get(pre.to.index())
+        .ok_or(HandshakeError::UnknownBranch(pre.to))?;
+    let prologue = pre.prologue();
+    let mut state = snow::Builder::new(params(true))
+        .remote_public_key(server)
+        .psk(0, &keys.psk)
+        .prologue(&prologue)
+        .build_initiator()
+        .map_err(|_| HandshakeError::Unauthentic(pre.to))?;
     let mut msg = vec![0u8; HANDSHAKE_MESSAGE_MAX];
     let n = state
         .write_message(&[], &mut msg)

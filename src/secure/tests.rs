@@ -266,3 +266,43 @@ fn garbage_after_the_handshake_never_panics() {
         Some(HandshakeError::UnknownBranch(BranchId(40)))
     );
 }
+
+#[test]
+fn an_operator_with_the_cluster_key_reaches_the_branch_it_dialled_and_no_other() {
+    let k = ClusterKey::generate(&hosts());
+    let op = k.operator_keys(&hosts(), Path::new("k")).unwrap();
+    let p = pre(OPERATOR.0, 2);
+    let (init, msg1) = initiate_operator(&op, &p).unwrap();
+    let (msg2, mut listener) = respond(&keys_of(&k, 2), &p, &msg1).unwrap();
+    let mut dialler = init.finish(&msg2).unwrap();
+    let req = Message::Request(crate::wire::Request::Status);
+    let mut wire = seal(&mut dialler, req.clone());
+    assert_eq!(listener.decode(&mut wire).unwrap(), Some(req));
+
+    // Branch 1 answering a call meant for branch 2 cannot complete it: the operator pinned
+    // branch 2's public key.
+    let (init, msg1) = initiate_operator(&op, &p).unwrap();
+    match respond(&keys_of(&k, 1), &p, &msg1) {
+        Err(_) => {}
+        Ok((msg2, _)) => assert!(init.finish(&msg2).is_err()),
+    }
+}
+
+#[test]
+fn an_operator_without_this_clusters_key_is_refused() {
+    let k = ClusterKey::generate(&hosts());
+    let other = ClusterKey::generate(&hosts());
+    let op = other.operator_keys(&hosts(), Path::new("k")).unwrap();
+    let p = pre(OPERATOR.0, 0);
+    let (_, msg1) = initiate_operator(&op, &p).unwrap();
+    assert_eq!(
+        respond(&keys_of(&k, 0), &p, &msg1).err(),
+        Some(HandshakeError::Unauthentic(OPERATOR))
+    );
+    // A changed preamble (the prologue) fails too, even with the right key.
+    let op = k.operator_keys(&hosts(), Path::new("k")).unwrap();
+    let (_, msg1) = initiate_operator(&op, &p).unwrap();
+    let mut changed = p;
+    changed.cluster ^= 1;
+    assert!(respond(&keys_of(&k, 0), &changed, &msg1).is_err());
+}

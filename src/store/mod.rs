@@ -7,6 +7,7 @@
 //! |------------------------------|--------------------------------|
 //! | `m:schema`                   | schema version (u32)           |
 //! | `m:identity`                 | [`Identity`]                   |
+//! | `m:starts`                   | times `bank` started a branch on this store (u64); absent: 0 |
 //! | `s`                          | [`DurableState`]               |
 //! | `r` peer(u16 BE) first(u64 BE) | a run of outgoing transfers `first, first+1, …`: their amounts; compacted once acknowledged and before the latest completed snapshot's cut |
 //! | `p` snapshot(u64 BE)         | this branch's [`LocalPart`] (the latest `--keep-snapshots`) |
@@ -40,6 +41,8 @@ pub(crate) const KEY_SCHEMA: &[u8] = b"m:schema";
 /// Present while an upgrade is under way: the schema version it upgrades from.
 pub(crate) const KEY_UPGRADING: &[u8] = b"m:upgrading";
 const KEY_IDENTITY: &[u8] = b"m:identity";
+/// How many times `bank` started a branch on this store (u64; absent in a store never started).
+const KEY_STARTS: &[u8] = b"m:starts";
 pub(crate) const KEY_STATE: &[u8] = b"s";
 
 /// Which cluster and which branch a store belongs to.
@@ -518,6 +521,35 @@ impl<K: Kv> BankStore<K> {
         self.scan_values(b'g', "global snapshot")
     }
 
+    /// Initiator: completed global snapshot `k` if kept (`None`: the latest kept).
+    pub fn global(&self, k: Option<SnapshotId>) -> Result<Option<GlobalSnapshot>, StoreError> {
+        let key = match k {
+            Some(k) => Some(key_global(k).to_vec()),
+            None => self
+                .kv
+                .last_key_in(
+                    &key_global(SnapshotId(0)),
+                    &key_global(SnapshotId(u64::MAX)),
+                )
+                .map_err(|e| self.kv_error(e))?,
+        };
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        match self.kv.get(&key).map_err(|e| self.kv_error(e))? {
+            Some(b) => Ok(Some(decode(&self.path, "global snapshot", &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// This branch's own part of snapshot `k`, if kept.
+    pub fn part(&self, k: SnapshotId) -> Result<Option<LocalPart>, StoreError> {
+        match self.kv.get(&key_part(k)).map_err(|e| self.kv_error(e))? {
+            Some(b) => Ok(Some(decode(&self.path, "local part", &b)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Initiator: parts collected for snapshots not yet complete.
     pub fn collected(&self) -> Result<Vec<LocalPart>, StoreError> {
         self.scan_values(b'c', "collected part")
@@ -688,6 +720,22 @@ impl<K: Kv> BankStore<K> {
             .map_err(|e| self.kv_error(e))
     }
 
+    /// Records, durably, that `bank` starts a branch on this store, and returns how many times
+    /// it had done so before (0 at the first start): the `snapbank_restarts_total` metric.
+    pub fn count_start(&mut self) -> Result<u64, StoreError> {
+        let before: u64 = match self.kv.get(KEY_STARTS).map_err(|e| self.kv_error(e))? {
+            Some(bytes) => decode(&self.path, "start count", &bytes)?,
+            None => 0,
+        };
+        self.kv
+            .apply(
+                vec![Op::Put(KEY_STARTS.to_vec(), enc(&before.saturating_add(1)))],
+                true,
+            )
+            .map_err(|e| self.kv_error(e))?;
+        Ok(before)
+    }
+
     /// Flushes everything to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.kv.flush().map_err(|e| self.kv_error(e))
@@ -756,6 +804,24 @@ mod tests {
             snapshots_kept: 1_000_000,
             seed: 1,
         }
+    }
+
+    #[test]
+    fn start_count_is_durable_and_counts_earlier_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(1);
+        for expected in 0..3u64 {
+            let mut s = SledStore::open(dir.path(), Some(&id)).unwrap();
+            assert_eq!(s.count_start().unwrap(), expected);
+        }
+        // Reading a store (snapctl) does not count as a start.
+        let s = SledStore::open(dir.path(), None).unwrap();
+        assert_eq!(
+            s.kv.get(KEY_STARTS)
+                .unwrap()
+                .map(|b| decode::<u64>(s.path(), "n", &b).unwrap()),
+            Some(3)
+        );
     }
 
     #[test]

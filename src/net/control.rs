@@ -1,0 +1,326 @@
+//! Control connections: an operator (`snapctl status`, `snapctl snapshot`) asks a running branch.
+//!
+//! The operator dials the branch's port like a branch would, with [`secure::OPERATOR`] as the
+//! caller in the preamble, then (unless the cluster runs `--insecure`) a Noise `NKpsk0`
+//! handshake: the branch proves it holds its private key, the operator proves it holds the
+//! cluster's pre-shared key. Then `Request` frames go one way and `Reply` frames the other. The
+//! branch's core answers in its own loop (see `Event::Control`), so the reply is a consistent
+//! view of one step.
+
+use super::{read_handshake_message, with_length, Event, HandshakeError};
+use crate::core::Branch;
+use crate::hosts::HostList;
+use crate::secure::{self, FrameCodec, Mode, OperatorKeys, Preamble, OPERATOR};
+use crate::store::{SledStore, StoreError};
+use crate::types::{BranchId, Micros, SnapshotId};
+use crate::wire::{BranchStatus, Message, MessageCodec, RangeSum, Reply, Request};
+use futures::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// How an operator reaches the branches of a cluster.
+#[derive(Clone, Debug)]
+pub struct Operator {
+    pub hosts: HostList,
+    /// The cluster's keys; `None` when the cluster runs `--insecure`.
+    pub keys: Option<OperatorKeys>,
+}
+
+/// Why a request to a branch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{addr}: cannot connect: {why}")]
+    Connect { addr: SocketAddr, why: String },
+    #[error("{addr}: no answer within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("{addr}: {why}")]
+    Refused { addr: SocketAddr, why: String },
+}
+
+/// Sends `req` to branch `to` and waits (at most `timeout` in all) for its reply.
+pub async fn ask(
+    op: &Operator,
+    to: BranchId,
+    req: Request,
+    timeout: Duration,
+) -> Result<Reply, ControlError> {
+    let addr = op.hosts.addr(to);
+    match tokio::time::timeout(timeout, exchange(op, to, addr, req)).await {
+        Ok(r) => r,
+        Err(_) => Err(ControlError::Timeout { addr, timeout }),
+    }
+}
+
+async fn exchange(
+    op: &Operator,
+    to: BranchId,
+    addr: SocketAddr,
+    req: Request,
+) -> Result<Reply, ControlError> {
+    let refused = |why: String| ControlError::Refused { addr, why };
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| ControlError::Connect {
+            addr,
+            why: e.to_string(),
+        })?;
+    let _ = stream.set_nodelay(true);
+    // The operator does not know the cluster id (it depends on the initial balance); the
+    // pre-shared key is what proves it belongs to this cluster.
+    let pre = Preamble {
+        mode: if op.keys.is_some() {
+            Mode::Noise
+        } else {
+            Mode::Insecure
+        },
+        cluster: 0,
+        from: OPERATOR,
+        to,
+    };
+    let codec = match &op.keys {
+        None => {
+            stream
+                .write_all(&pre.encode())
+                .await
+                .map_err(|e| refused(e.to_string()))?;
+            FrameCodec::Plain(MessageCodec::default())
+        }
+        Some(keys) => {
+            let (init, msg1) =
+                secure::initiate_operator(keys, &pre).map_err(|e| refused(e.to_string()))?;
+            let mut first = pre.encode().to_vec();
+            first.extend_from_slice(&with_length(&msg1));
+            stream
+                .write_all(&first)
+                .await
+                .map_err(|e| refused(e.to_string()))?;
+            let msg2 = read_handshake_message(&mut stream)
+                .await
+                .map_err(|e| refused(handshake_failure(e)))?;
+            FrameCodec::Secure(init.finish(&msg2).map_err(|e| refused(e.to_string()))?)
+        }
+    };
+    let mut framed = Framed::new(stream, codec);
+    framed
+        .send(Message::Request(req))
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    match framed.next().await {
+        Some(Ok(Message::Reply(r))) => Ok(r),
+        Some(Ok(other)) => Err(refused(format!("answered {other:?} instead of a reply"))),
+        Some(Err(e)) => Err(refused(e.to_string())),
+        None => Err(refused(
+            "closed the connection (its log says why: another cluster's key file, or one branch runs --insecure and the other not?)"
+                .to_string(),
+        )),
+    }
+}
+
+fn handshake_failure(e: HandshakeError) -> String {
+    match e {
+        HandshakeError::Closed => "refused the handshake (its log says why: another cluster's key file, or --insecure on one side only?)".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A request waiting for the branch's core, and where its answer goes.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub req: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Serves an operator's connection once its handshake is done: each request goes to the core's
+/// loop, each answer back, until the operator closes or the branch stops.
+pub(super) async fn serve(
+    mut framed: Framed<TcpStream, FrameCodec>,
+    remote: SocketAddr,
+    inbox: mpsc::Sender<Event>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            f = framed.next() => f,
+        };
+        let req = match next {
+            Some(Ok(Message::Request(req))) => req,
+            Some(Ok(other)) => {
+                debug!("operator connection from {remote} closed: it sent {other:?}");
+                return;
+            }
+            Some(Err(e)) => {
+                debug!("operator connection from {remote} closed: {e}");
+                return;
+            }
+            None => return,
+        };
+        let (tx, rx) = oneshot::channel();
+        if inbox
+            .send(Event::Control(Pending { req, reply: tx }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let reply = tokio::select! {
+            _ = stop.cancelled() => Reply::Refused("the branch is stopping".to_string()),
+            r = rx => r.unwrap_or_else(|_| Reply::Refused("the branch is stopping".to_string())),
+        };
+        if framed.send(Message::Reply(reply)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the shell keeps for operators: when the branch started, how often it restarted, and
+/// who waits for which snapshot.
+pub(super) struct Console {
+    started: std::time::Instant,
+    restarts: u64,
+    waiting: Vec<(SnapshotId, oneshot::Sender<Reply>)>,
+}
+
+impl Console {
+    pub fn new(started: std::time::Instant, restarts: u64) -> Console {
+        Console {
+            started,
+            restarts,
+            waiting: Vec::new(),
+        }
+    }
+
+    /// Answers a status request from the core's state at once; a snapshot request (initiator
+    /// only) starts a snapshot in this step and is answered when it completes.
+    pub fn handle(
+        &mut self,
+        core: &mut Branch,
+        store: &SledStore,
+        p: Pending,
+        inbound_up: Vec<BranchId>,
+        hosts: &HostList,
+        now: Micros,
+    ) {
+        let failed = |e: StoreError| Reply::Refused(format!("cannot read the store: {e}"));
+        match p.req {
+            Request::Global { .. } if !core.is_initiator() => {
+                let init = hosts.addr(core.config().initiator);
+                let _ = p.reply.send(Reply::Refused(format!(
+                    "this branch is not the initiator; ask {init}"
+                )));
+            }
+            Request::Global { snapshot } => {
+                let reply = match store.global(snapshot) {
+                    Ok(g) => Reply::Global(g),
+                    Err(e) => failed(e),
+                };
+                let _ = p.reply.send(reply);
+            }
+            Request::Part { snapshot } => {
+                let reply = match store.part(snapshot) {
+                    Ok(part) => Reply::Part(part),
+                    Err(e) => failed(e),
+                };
+                let _ = p.reply.send(reply);
+            }
+            Request::LogSums { ranges } => {
+                let sums: Result<Vec<RangeSum>, StoreError> = ranges
+                    .iter()
+                    .map(|&(peer, after, upto)| {
+                        if peer.index() >= hosts.len() || upto < after {
+                            return Ok(RangeSum {
+                                count: 0,
+                                money: 0,
+                                whole: false,
+                            });
+                        }
+                        let s = store.log_sum(peer, after, upto)?;
+                        Ok(RangeSum {
+                            count: s.count,
+                            money: s.money,
+                            whole: s.dense,
+                        })
+                    })
+                    .collect();
+                let _ = p.reply.send(match sums {
+                    Ok(s) => Reply::LogSums(s),
+                    Err(e) => failed(e),
+                });
+            }
+            Request::Status => {
+                let _ = p.reply.send(Reply::Status(self.status(core, inbound_up)));
+            }
+            Request::Snapshot if !core.is_initiator() => {
+                let init = hosts.addr(core.config().initiator);
+                let _ = p.reply.send(Reply::Refused(format!(
+                    "this branch is not the initiator; ask {init}"
+                )));
+            }
+            Request::Snapshot => {
+                let k = core.state().next_snapshot;
+                core.on_snapshot_tick(now);
+                if core.state().next_snapshot == k {
+                    let _ = p.reply.send(Reply::Refused(format!(
+                        "{} snapshots are still in flight; try again later",
+                        core.snapshots_pending()
+                    )));
+                } else {
+                    self.waiting.push((k, p.reply));
+                }
+            }
+        }
+    }
+
+    /// Snapshot `snapshot` is complete and durable: answer whoever asked for it.
+    pub fn completed(
+        &mut self,
+        snapshot: SnapshotId,
+        duration_us: u64,
+        total: u128,
+        expected: u64,
+    ) {
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(k, _)| *k == snapshot);
+        self.waiting = rest;
+        for (_, reply) in done {
+            let _ = reply.send(Reply::SnapshotDone {
+                snapshot,
+                duration_us,
+                total,
+                expected,
+            });
+        }
+    }
+
+    fn status(&self, core: &Branch, inbound_up: Vec<BranchId>) -> BranchStatus {
+        let st = core.state();
+        let me = core.config().me;
+        BranchStatus {
+            branch: me,
+            initiator: core.is_initiator(),
+            balance: st.balance,
+            links_up: core.links_up_to(),
+            inbound_up,
+            sent: st.out.iter().map(|o| o.sent.0).sum(),
+            applied: st.inc.iter().map(|i| i.applied.0).sum(),
+            unacked: core.unacked_total() as u64,
+            unacked_money: core.unacked_money(),
+            last_snapshot: if core.is_initiator() {
+                st.completed
+            } else {
+                st.parts_done
+            },
+            pending: core.pending(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            restarts: self.restarts,
+            history_from: st.history_from,
+        }
+    }
+}
