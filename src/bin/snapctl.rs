@@ -250,26 +250,26 @@ fn operator(live: &Live) -> Result<Operator, String> {
     Ok(Operator { hosts, keys })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
+/// The operator's keys for the cluster `live` names, and a runtime to ask it from; on failure,
+/// the error is printed and the exit code returned.
+fn reach(live: &Live) -> Result<(Operator, tokio::runtime::Runtime), ExitCode> {
+    let op = operator(live).map_err(|e| {
+        eprintln!("snapctl: error: {e}");
+        ExitCode::from(2)
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {
             eprintln!("snapctl: error: cannot start the async runtime: {e}");
             ExitCode::from(2)
-        })
+        })?;
+    Ok((op, rt))
 }
 
 fn cmd_status(live: &Live, timeout: Duration) -> ExitCode {
-    let op = match operator(live) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("snapctl: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
+    let (op, rt) = match reach(live) {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let n = op.hosts.len();
@@ -394,15 +394,8 @@ fn format_status(answers: &[Result<BranchStatus, String>], hosts: &HostList) -> 
 }
 
 fn cmd_audit_live(live: &Live, last: u64, timeout: Duration) -> ExitCode {
-    let op = match operator(live) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("snapctl: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
+    let (op, rt) = match reach(live) {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let report = match rt.block_on(live_audit(&op, last, timeout)) {
@@ -458,15 +451,8 @@ fn cmd_audit_live(live: &Live, last: u64, timeout: Duration) -> ExitCode {
 }
 
 fn cmd_snapshot(live: &Live, timeout: Duration) -> ExitCode {
-    let op = match operator(live) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("snapctl: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
+    let (op, rt) = match reach(live) {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let initiator = op.hosts.initiator;
