@@ -127,6 +127,10 @@ fn status_and_snapshot_ask_a_running_cluster() {
         assert!(text.contains(&c.addr(i)), "{text}");
     }
     assert!(text.contains("4 of 4 branches answered"), "{text}");
+    assert!(
+        text.lines().all(|l| l.chars().count() <= 100),
+        "fits a terminal: {text}"
+    );
 
     // Without this cluster's key: another cluster's key file, or none at all.
     let stranger = tempfile::tempdir().expect("tmp");

@@ -321,7 +321,7 @@ fn format_status(answers: &[Result<BranchStatus, String>], hosts: &HostList) -> 
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<22} {:>12} {:>6} {:>6} {:>12} {:>12} {:>8} {:>6} {:>7} {:>9} {:>8}",
+        "{:<21} {:>10} {:>5} {:>5} {:>10} {:>10} {:>7} {:>6} {:>4} {:>7} {:>4}",
         "branch",
         "balance",
         "links",
@@ -330,9 +330,9 @@ fn format_status(answers: &[Result<BranchStatus, String>], hosts: &HostList) -> 
         "applied",
         "unacked",
         "last",
-        "pending",
+        "pend",
         "uptime",
-        "restarts"
+        "rst"
     );
     let mut waits = Vec::new();
     for (b, a) in answers.iter().enumerate() {
@@ -344,12 +344,12 @@ fn format_status(answers: &[Result<BranchStatus, String>], hosts: &HostList) -> 
         };
         match a {
             Err(e) => {
-                let _ = writeln!(s, "{label:<22} not answering: {e}");
+                let _ = writeln!(s, "{label:<21} not answering: {e}");
             }
             Ok(st) => {
                 let _ = writeln!(
                     s,
-                    "{:<22} {:>12} {:>6} {:>6} {:>12} {:>12} {:>8} {:>6} {:>7} {:>9} {:>8}",
+                    "{:<21} {:>10} {:>5} {:>5} {:>10} {:>10} {:>7} {:>6} {:>4} {:>7} {:>4}",
                     label,
                     st.balance,
                     format!("{}/{peers}", st.links_up.len()),
@@ -387,7 +387,7 @@ fn format_status(answers: &[Result<BranchStatus, String>], hosts: &HostList) -> 
     let answered = answers.iter().filter(|a| a.is_ok()).count();
     let _ = writeln!(
         s,
-        "{answered} of {} branches answered; links: outgoing links up, inbnd: peers connected to it; last: last snapshot completed (initiator) or part recorded",
+        "{answered} of {} branches answered (links: outgoing links up; inbnd: peers connected to it;\nlast: last snapshot completed (initiator) or part recorded; pend: snapshots pending; rst: restarts)",
         answers.len()
     );
     s
