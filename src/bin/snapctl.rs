@@ -296,12 +296,8 @@ fn cmd_status(live: &Live, timeout: Duration) -> ExitCode {
                 Err(e) => serde_json::json!({"branch": name(BranchId(b as u16)), "error": e}),
             })
             .collect();
-        match serde_json::to_string_pretty(&doc) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("snapctl: error: cannot encode: {e}");
-                return ExitCode::from(2);
-            }
+        if let Err(code) = print_json(&doc) {
+            return code;
         }
     } else {
         print!("{}", format_status(&answers, &op.hosts));
@@ -406,12 +402,8 @@ fn cmd_audit_live(live: &Live, last: u64, timeout: Duration) -> ExitCode {
         }
     };
     if live.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("snapctl: error: cannot encode the report: {e}");
-                return ExitCode::from(2);
-            }
+        if let Err(code) = print_json(&report) {
+            return code;
         }
     } else {
         let ids = &report.snapshots;
@@ -503,6 +495,16 @@ fn cmd_snapshot(live: &Live, timeout: Duration) -> ExitCode {
     }
 }
 
+/// Prints `v` as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), ExitCode> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| {
+        eprintln!("snapctl: error: cannot encode the output as JSON: {e}");
+        ExitCode::from(2)
+    })?;
+    println!("{text}");
+    Ok(())
+}
+
 fn load_hosts(path: Option<PathBuf>) -> Result<Option<HostList>, ExitCode> {
     match path {
         None => Ok(None),
@@ -528,12 +530,8 @@ fn cmd_audit(data: &DataDir, hosts: Option<PathBuf>, json: bool) -> ExitCode {
         Err(e) => return cannot_read(e),
     };
     if json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("snapctl: error: cannot encode the report: {e}");
-                return ExitCode::from(2);
-            }
+        if let Err(code) = print_json(&report) {
+            return code;
         }
     } else {
         print!("{}", format_audit(&report));
@@ -568,12 +566,8 @@ fn cmd_snapshots(data: &DataDir, hosts: Option<PathBuf>, json: bool) -> ExitCode
             .map(|g| snapshot_json(g, &cluster.names))
             .collect();
         let doc = serde_json::json!({ "completed": list, "pending": pending });
-        match serde_json::to_string_pretty(&doc) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("snapctl: error: cannot encode: {e}");
-                return ExitCode::from(2);
-            }
+        if let Err(code) = print_json(&doc) {
+            return code;
         }
         return ExitCode::SUCCESS;
     }

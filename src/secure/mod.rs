@@ -215,19 +215,20 @@ pub struct Initiator {
 /// Starts a handshake from `keys.me` to `pre.to`; returns the first message (send it after the
 /// preamble, prefixed by its length as a big-endian u16).
 pub fn initiate(keys: &BranchKeys, pre: &Preamble) -> Result<(Initiator, Vec<u8>), HandshakeError> {
-    let mut state = handshake_state(keys, pre, true)?;
+    first_message(handshake_state(keys, pre, true)?, pre.to)
+}
+
+/// Writes the dialler's first handshake message to `peer`.
+fn first_message(
+    mut state: snow::HandshakeState,
+    peer: BranchId,
+) -> Result<(Initiator, Vec<u8>), HandshakeError> {
     let mut msg = vec![0u8; HANDSHAKE_MESSAGE_MAX];
     let n = state
         .write_message(&[], &mut msg)
-        .map_err(|_| HandshakeError::Unauthentic(pre.to))?;
+        .map_err(|_| HandshakeError::Unauthentic(peer))?;
     msg.truncate(n);
-    Ok((
-        Initiator {
-            state,
-            peer: pre.to,
-        },
-        msg,
-    ))
+    Ok((Initiator { state, peer }, msg))
 }
 
 /// Starts an operator's handshake (Noise `NKpsk0`) with branch `pre.to`, whose preamble must
@@ -241,24 +242,13 @@ pub fn initiate_operator(
         .get(pre.to.index())
         .ok_or(HandshakeError::UnknownBranch(pre.to))?;
     let prologue = pre.prologue();
-    let mut state = snow::Builder::new(params(true))
+    let state = snow::Builder::new(params(true))
         .remote_public_key(server)
         .psk(0, &keys.psk)
         .prologue(&prologue)
         .build_initiator()
         .map_err(|_| HandshakeError::Unauthentic(pre.to))?;
-    let mut msg = vec![0u8; HANDSHAKE_MESSAGE_MAX];
-    let n = state
-        .write_message(&[], &mut msg)
-        .map_err(|_| HandshakeError::Unauthentic(pre.to))?;
-    msg.truncate(n);
-    Ok((
-        Initiator {
-            state,
-            peer: pre.to,
-        },
-        msg,
-    ))
+    first_message(state, pre.to)
 }
 
 impl Initiator {
