@@ -5,9 +5,12 @@
 //! - **ledger**: each branch's balance follows from its transfers: the balance recorded in snapshot
 //!   `k` equals the one of snapshot `k-1` (or the initial balance) plus what it received minus what
 //!   it sent in between, and likewise from the last snapshot to the current state;
-//! - **snapshots**: every completed global snapshot is present at every branch, equal to what the
-//!   initiator kept, conserves money, and each channel's recorded money is exactly the transfers
-//!   with sequence numbers in `(receiver's recorded watermark, sender's recorded seq]`;
+//! - **snapshots**: every completed global snapshot the initiator keeps is present at every branch
+//!   that has not pruned it, equal to what the initiator kept, conserves money, and each channel's
+//!   recorded money is exactly the transfers with sequence numbers in `(receiver's recorded
+//!   watermark, sender's recorded seq]`;
+//! - channels and ledgers are checked from `history_from` on: the snapshot compaction (or a
+//!   restore) started the transfer logs at; older snapshots by presence, equality and totals;
 //! - **current state**: no receiver applied more than its sender sent (nothing applied twice), no
 //!   sender counts as acknowledged what its receiver did not apply (nothing lost), the transfer log
 //!   holds every transfer not yet acknowledged, and Σ balances + Σ transfers not yet applied = the

@@ -4,8 +4,9 @@
 //! channel state is delivered), every channel's sender and receiver positions meet at the
 //! sender's recorded sequence number (nothing in flight, nothing to resend), transfers after the
 //! cut are forgotten, and snapshot ids keep growing from the highest one ever started. The
-//! initiator keeps every completed global snapshot whole, so a branch whose store is gone is
-//! rebuilt from it (its transfer history then starts at K, which the audit takes into account).
+//! initiator keeps each completed global snapshot whole (the latest `--keep-snapshots`), so a
+//! branch whose store is gone is rebuilt from it (its transfer history then starts at K, which
+//! the audit takes into account).
 
 use crate::core::DurableState;
 use crate::hosts::HostList;
