@@ -15,7 +15,7 @@
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use snapbank::audit::audit;
+use snapbank::audit::{audit, Cluster as Stores};
 use snapbank::cli::format_audit;
 use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
@@ -396,7 +396,18 @@ fn run(args: Args) -> Result<bool, String> {
     let report = audit(&cluster.data, None).map_err(|e| format!("audit: {e}"))?;
     print!("{}", format_audit(&report));
     // From the store, not the log: a kill between commit and log line leaves a line unwritten.
-    let contiguous = report.last_snapshot == Some(report.snapshots_checked as u64);
+    // The initiator keeps the latest --keep-snapshots, so its ids must be one unbroken run that
+    // ends at the last snapshot it completed.
+    let ids: Vec<u64> = Stores::open(&cluster.data, None)
+        .and_then(|c| Ok(c.initiator().globals()?))
+        .map_err(|e| format!("read the initiator's snapshots: {e}"))?
+        .iter()
+        .map(|g| g.snapshot.0)
+        .collect();
+    let contiguous = ids.windows(2).all(|w| w[1] == w[0] + 1)
+        && ids.last().copied() == report.last_snapshot
+        && ids.len() == report.snapshots_checked
+        && !ids.is_empty();
     println!(
         "chaos: kills {kills}, partitions {cuts}, transfers {}, snapshots completed {} (checked {}), seed {seed}",
         report.transfers,
@@ -412,8 +423,11 @@ fn run(args: Args) -> Result<bool, String> {
     }
     if !contiguous {
         println!(
-            "chaos: FAIL: the initiator holds {} snapshots but the last is {:?}",
-            report.snapshots_checked, report.last_snapshot
+            "chaos: FAIL: the initiator's snapshots are not one unbroken run ending at the last ({:?}): {} held, ids {:?}..{:?}",
+            report.last_snapshot,
+            ids.len(),
+            ids.first(),
+            ids.last()
         );
         ok = false;
     }
