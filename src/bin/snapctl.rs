@@ -515,6 +515,13 @@ fn load_hosts(path: Option<PathBuf>) -> Result<Option<HostList>, ExitCode> {
     }
 }
 
+/// Opens the stores of a stopped cluster (checked against `hosts` if given); on failure, the
+/// error is printed and the exit code returned.
+fn open_stores(data: &DataDir, hosts: Option<PathBuf>) -> Result<Cluster, ExitCode> {
+    let hosts = load_hosts(hosts)?;
+    Cluster::open(&data.data_dir, hosts.as_ref()).map_err(cannot_read)
+}
+
 fn cannot_read(e: AuditError) -> ExitCode {
     eprintln!("snapctl: error: {e}");
     ExitCode::from(2)
@@ -544,13 +551,9 @@ fn cmd_audit(data: &DataDir, hosts: Option<PathBuf>, json: bool) -> ExitCode {
 }
 
 fn cmd_snapshots(data: &DataDir, hosts: Option<PathBuf>, json: bool) -> ExitCode {
-    let hosts = match load_hosts(hosts) {
-        Ok(h) => h,
-        Err(code) => return code,
-    };
-    let cluster = match Cluster::open(&data.data_dir, hosts.as_ref()) {
+    let cluster = match open_stores(data, hosts) {
         Ok(c) => c,
-        Err(e) => return cannot_read(e),
+        Err(code) => return code,
     };
     let globals = match cluster.initiator().globals() {
         Ok(g) => g,
@@ -637,13 +640,9 @@ fn print_pending(pending: &[PendingView]) {
 }
 
 fn cmd_report(data: &DataDir, hosts: Option<PathBuf>, out: &Path) -> ExitCode {
-    let hosts = match load_hosts(hosts) {
-        Ok(h) => h,
-        Err(code) => return code,
-    };
-    let cluster = match Cluster::open(&data.data_dir, hosts.as_ref()) {
+    let cluster = match open_stores(data, hosts) {
         Ok(c) => c,
-        Err(e) => return cannot_read(e),
+        Err(code) => return code,
     };
     let report = match Report::from_cluster(&cluster).and_then(|r| {
         write_atomic(out, r.html().as_bytes())?;
