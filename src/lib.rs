@@ -5,6 +5,7 @@
 //! - [`core`]: the branch protocol as a pure state machine (events in; persist, send, notices out)
 //! - [`wire`]: messages and their length-prefixed CBOR framing
 //! - [`store`]: durable state in sled (and an in-memory twin), key layout and migrations
+//! - [`durable`]: atomic, fsynced whole-file writes and directory syncs (what "durable" means)
 //! - [`daemon`]: the `bank` program: flags, store opening, runtime and signals
 //! - [`secure`]: the cluster key file and the Noise handshake and encrypted framing of links
 //! - [`net`]: the thin tokio shell that runs a core: listener, per-peer links, group commit
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod cli;
 pub mod core;
 pub mod daemon;
+pub mod durable;
 pub mod hosts;
 pub mod live_audit;
 pub mod net;

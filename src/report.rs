@@ -17,7 +17,6 @@ use crate::audit::{AuditError, Cluster};
 use crate::snapshot::GlobalSnapshot;
 use crate::types::Micros;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -617,41 +616,17 @@ pub fn percentile(sorted: &[u64], p: u32) -> Option<u64> {
     Some(sorted[rank - 1])
 }
 
-/// Writes `contents` to `path` through a temporary file next to it and a rename, so `path` is
-/// never seen half-written.
+/// Writes `contents` to `path` atomically and durably ([`crate::durable::write_atomic`]), so
+/// `path` is never seen half-written.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), ReportError> {
     let fail = |source| ReportError::Write {
         path: path.display().to_string(),
         source,
     };
-    let name = path.file_name().ok_or_else(|| {
-        fail(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a file name",
-        ))
-    })?;
     if path.is_dir() {
         return Err(fail(std::io::Error::other("is a directory")));
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    fn write_then_rename(tmp: &Path, path: &Path, contents: &[u8]) -> std::io::Result<()> {
-        let mut f = std::fs::File::create(tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(tmp, path)
-    }
-    write_then_rename(&tmp, path, contents).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        fail(e)
-    })
+    crate::durable::write_atomic(path, contents, None).map_err(fail)
 }
 
 const CSS: &str = "\

@@ -232,11 +232,9 @@ impl Stats {
                     .collect(),
             }),
         };
-        let tmp = path.with_extension("tmp");
         let written = serde_json::to_vec(&file)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
+            .and_then(|bytes| crate::durable::write_atomic(path, &bytes, None));
         if let Err(e) = written {
             tracing::warn!("cannot write stats file {}: {e}", path.display());
         }

@@ -16,10 +16,9 @@ use crate::hosts::HostList;
 use crate::types::BranchId;
 use rand::RngCore;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 /// First line after comments of every key file.
 pub const KEY_FILE_HEADER: &str = "snapbank-cluster-key v1";
@@ -307,27 +306,14 @@ impl ClusterKey {
             reason: e.to_string(),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(werr)?;
+            crate::durable::create_dir_all(dir).map_err(werr)?;
         }
-        let mut tmp = PathBuf::from(path);
-        tmp.set_extension(format!("new-{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(werr)?;
-        f.write_all(self.to_text().as_bytes()).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        drop(f);
+        let text = self.to_text();
         if force {
-            std::fs::rename(&tmp, path).map_err(werr)?;
+            crate::durable::write_atomic(path, text.as_bytes(), Some(0o600)).map_err(werr)?;
         } else {
             // A link never replaces: of two writers racing, one wins and the other learns it.
-            let linked = std::fs::hard_link(&tmp, path);
-            let _ = std::fs::remove_file(&tmp);
-            match linked {
+            match crate::durable::write_new(path, text.as_bytes(), Some(0o600)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     return Err(KeyError::Exists(name))

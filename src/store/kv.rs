@@ -34,7 +34,8 @@ pub trait Kv {
     fn last_key_in(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     /// The first `limit` keys with `from <= key <= to`, in order.
     fn keys_in(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, KvError>;
-    fn flush(&self) -> Result<(), KvError>;
+    /// Makes everything applied so far durable (survives a power cut).
+    fn flush(&mut self) -> Result<(), KvError>;
 }
 
 /// In-memory twin: every applied batch is "durable" (a simulated crash loses only what was never
@@ -91,14 +92,33 @@ impl Kv for MemKv {
             .collect())
     }
 
-    fn flush(&self) -> Result<(), KvError> {
+    fn flush(&mut self) -> Result<(), KvError> {
         Ok(())
     }
 }
 
-/// sled 0.34: one `Db`, its default tree. A batch is one `apply_batch` plus one `flush`.
+/// sled 0.34: one `Db`, its default tree. A durable batch is one `apply_batch`, one `flush` and
+/// one `fdatasync` of sled's files (see [`SledKv::sync`]).
+///
+/// # Why sled's own `flush` is not enough
+/// sled 0.34.7's `flush` writes its log buffers with `pwrite` and then calls
+/// `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` (`pagecache/iobuf.rs`): the pages are handed
+/// to the drive, but neither the drive's cache nor the file's metadata (its size) is flushed, so a
+/// power cut can lose a batch that `flush` reported written; sled's only `fsync` of the log is its
+/// flusher thread, every `flush_every_ms`. Large pages go to files under `blobs/`, written with no
+/// sync at all; the recovery snapshot (`snap.*`) is written at open, fsynced and renamed, with no
+/// sync of the directory. So this backend syncs what sled leaves unsynced: after every durable
+/// batch the new blob files and then the log (`fdatasync`, which also makes its size durable);
+/// at open the log before sled reads it (so sled never builds its recovery snapshot from data a
+/// power cut could still take away), and the directory after sled wrote its snapshot.
 pub struct SledKv {
     db: sled::Db,
+    /// sled's log file `db`, opened a second time: `fdatasync` on it makes everything written to
+    /// the file durable, whichever descriptor wrote it.
+    log: std::fs::File,
+    dir: std::path::PathBuf,
+    /// Blob files already made durable (sled writes each once, under a new name).
+    blobs_synced: std::collections::BTreeSet<std::ffi::OsString>,
 }
 
 /// sled's page cache per branch; deliberately small: a branch reads its store only at start-up
@@ -121,9 +141,13 @@ impl SledKv {
             }
         } else if dir.exists() && !dir.is_dir() {
             return Err(KvError::NotAStore("it is not a directory".into()));
+        } else {
+            crate::durable::create_dir_all(dir)
+                .map_err(|e| io_err("creating its directory", &e))?;
         }
         // Size of `db` before sled touches it: see the empty-tree check below.
         let db_len = std::fs::metadata(&db_file).map_or(0, |m| m.len());
+        prepare_for_sled(dir).map_err(|e| io_err("before opening", &e))?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
@@ -137,7 +161,26 @@ impl SledKv {
             Ok(Ok(db)) if db.is_empty() && db_len > NEW_DB_MAX_BYTES => Err(KvError::Corrupt(
                 format!("its db file has {db_len} bytes but no data sled can read ({DAMAGED})"),
             )),
-            Ok(Ok(db)) => Ok(SledKv { db }),
+            Ok(Ok(db)) => {
+                let log = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&db_file)
+                    .map_err(|e| io_err("opening its db file to sync it", &e))?;
+                let mut kv = SledKv {
+                    db,
+                    log,
+                    dir: dir.to_path_buf(),
+                    blobs_synced: Default::default(),
+                };
+                // What recovery wrote (its snapshot, a zeroed log tail) and, for a new store,
+                // the files and the store directory's own name.
+                kv.sync().map_err(|e| io_err("syncing after open", &e))?;
+                crate::durable::sync_dir(dir).map_err(|e| io_err("syncing its directory", &e))?;
+                crate::durable::sync_dir(crate::durable::parent_of(dir))
+                    .map_err(|e| io_err("syncing the data directory", &e))?;
+                Ok(kv)
+            }
             Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
                 Err(KvError::Locked)
             }
@@ -146,6 +189,83 @@ impl SledKv {
                 "sled could not read its files ({DAMAGED})"
             ))),
         }
+    }
+}
+
+/// Before sled reads a store: drops the half-written recovery snapshots sled left when it was
+/// stopped while writing one (sled 0.34 renames `snap.N.generating` to `snap.N` once it is fully
+/// written and fsynced, but reads a leftover `.generating` file as a snapshot, so an empty one,
+/// left by a start on a full disk, would make every later start fail as "corrupt"), and makes the
+/// log durable: sled writes a new snapshot from what it reads, and that must not describe data a
+/// power cut could still take away.
+fn prepare_for_sled(dir: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // a new store
+    };
+    let mut removed = false;
+    for e in entries {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(dir.join(&*name))?;
+            removed = true;
+        }
+    }
+    let db_file = dir.join("db");
+    if db_file.is_file() {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&db_file)?
+            .sync_data()?;
+    }
+    if removed {
+        crate::durable::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// An I/O error of the store's own files, with what was being done.
+fn io_err(doing: &str, e: &std::io::Error) -> KvError {
+    KvError::Io(format!("{doing}: {}", describe_io(e)))
+}
+
+/// An I/O error in words, with the way out for the one an operator can fix.
+pub fn describe_io(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(28) => "no space left on the device (free some space; the store is intact and the branch starts again once there is room)".to_string(),
+        Some(122) => "disk quota exceeded (raise the quota or free some space; the store is intact)".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+impl SledKv {
+    /// Makes everything sled has written durable: new blob files (and their directory), then
+    /// the log. Called after sled's `flush`, so the log holds every applied batch.
+    fn sync(&mut self) -> std::io::Result<()> {
+        let blobs = self.dir.join("blobs");
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            let mut present = std::collections::BTreeSet::new();
+            let mut new = false;
+            for e in entries {
+                let name = e?.file_name();
+                if !self.blobs_synced.contains(&name) {
+                    // A blob sled removed since the listing is no longer needed.
+                    match std::fs::File::open(blobs.join(&name)) {
+                        Ok(f) => f.sync_data()?,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
+                    new = true;
+                }
+                present.insert(name);
+            }
+            if new {
+                crate::durable::sync_dir(&blobs)?;
+            }
+            self.blobs_synced = present;
+        }
+        self.log.sync_data()
     }
 }
 
@@ -159,7 +279,7 @@ const NEW_DB_MAX_BYTES: u64 = 1024;
 
 fn sled_err(e: sled::Error) -> KvError {
     match e {
-        sled::Error::Io(e) => KvError::Io(e.to_string()),
+        sled::Error::Io(e) => KvError::Io(describe_io(&e)),
         // Its Display is "Read corrupted data at file offset Some(Inline(71)) backtrace ()".
         sled::Error::Corruption { .. } => {
             KvError::Corrupt(format!("sled found corrupt data in its files ({DAMAGED})"))
@@ -187,7 +307,7 @@ impl Kv for SledKv {
         }
         self.db.apply_batch(batch).map_err(sled_err)?;
         if durable {
-            self.db.flush().map_err(sled_err)?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -216,7 +336,8 @@ impl Kv for SledKv {
             .collect()
     }
 
-    fn flush(&self) -> Result<(), KvError> {
-        self.db.flush().map(|_| ()).map_err(sled_err)
+    fn flush(&mut self) -> Result<(), KvError> {
+        self.db.flush().map_err(sled_err)?;
+        self.sync().map_err(|e| io_err("syncing", &e))
     }
 }

@@ -737,7 +737,7 @@ impl<K: Kv> BankStore<K> {
     }
 
     /// Flushes everything to disk.
-    pub fn flush(&self) -> Result<(), StoreError> {
+    pub fn flush(&mut self) -> Result<(), StoreError> {
         self.kv.flush().map_err(|e| self.kv_error(e))
     }
 }
