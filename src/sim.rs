@@ -91,9 +91,10 @@
 
 #[cfg(test)]
 use crate::core::InjectedBug;
-use crate::core::{Branch, CoreConfig, DurableState, Link, Outgoing, WriteBatch};
+use crate::core::{Branch, CoreConfig, DurableState, Link, Outgoing, ProtocolError, WriteBatch};
+use crate::net::ready::apply_ready;
 use crate::snapshot::GlobalSnapshot;
-use crate::store::{cluster_id, Identity, MemStore};
+use crate::store::{cluster_id, Identity, MemKv, MemStore};
 use crate::types::{Amount, BranchId, Micros, Seq};
 use crate::wire::Message;
 use rand::rngs::StdRng;
@@ -101,6 +102,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::ops::ControlFlow;
 
 /// Environment variable naming the seed `replay_seed` runs.
 pub const SEED_ENV: &str = "SNAPBANK_SIM_SEED";
@@ -158,6 +160,9 @@ pub struct SimOptions {
     pub p_flush: f64,
     /// Probability that a flush crashes its branch, at a random point.
     pub p_crash_in_flush: f64,
+    /// Probability that a restart finds its store put back to an earlier committed state (one of
+    /// its last [`STORE_HISTORY_MAX`] commits): a disk that lied about a flush, a backup put back.
+    pub p_rollback: f64,
     /// Bound on the steps of the liveness phase.
     pub liveness_steps_max: usize,
     /// Check at every flush that what it sends is durable (the core's contract). The teeth tests
@@ -194,6 +199,7 @@ impl Default for SimOptions {
             p_transfer: 0.2,
             p_flush: 0.25,
             p_crash_in_flush: 0.01,
+            p_rollback: 0.0,
             liveness_steps_max: 200_000,
             check_sends_durable: true,
             #[cfg(test)]
@@ -227,6 +233,11 @@ impl SimOptions {
         o.p_break *= faults;
         o.p_partition *= faults;
         o.p_crash_in_flush *= faults;
+        // A third of the seeds also put stores back in time at restarts.
+        if r.gen_range(0..3) == 0 {
+            o.p_rollback = [0.2, 0.5, 1.0][r.gen_range(0..3)];
+            o.p_crash *= 2.0;
+        }
         o
     }
 
@@ -273,6 +284,13 @@ pub struct SimStats {
     pub restarts: u64,
     pub breaks: u64,
     pub partitions: u64,
+    /// Restarts on a store put back to an earlier state.
+    pub rollbacks: u64,
+    /// Times a branch refused a peer whose store is behind.
+    pub refusals: u64,
+    /// The run ended when a branch whose store was put back stopped (as it must when a peer saw
+    /// more of it than its store holds): its line.
+    pub stopped: Option<String>,
     /// Most messages in flight at once.
     pub max_in_flight: usize,
     /// Hash of every action taken, with its step and virtual time.
@@ -395,6 +413,7 @@ fn bug_name(b: InjectedBug) -> String {
     match b {
         InjectedBug::AckBeforeDurable => "ack-before-durable".into(),
         InjectedBug::RecordPastMarker => "record-past-marker".into(),
+        InjectedBug::NoPositionCheck => "no-position-check".into(),
     }
 }
 
@@ -433,6 +452,10 @@ enum Brief {
     Compact {
         snapshot: u64,
     },
+    Position {
+        sent: u64,
+        acked: u64,
+    },
     Hello,
 }
 
@@ -461,6 +484,10 @@ impl Brief {
             },
             Message::Compact { snapshot, .. } => Brief::Compact {
                 snapshot: snapshot.0,
+            },
+            Message::Position(p) => Brief::Position {
+                sent: p.sent.0,
+                acked: p.acked.0,
             },
             Message::Hello { .. } | Message::Request(_) | Message::Reply(_) => Brief::Hello,
         }
@@ -500,6 +527,12 @@ enum Action {
     },
     Restart {
         node: usize,
+        /// Its store was put back this many commits.
+        rolled_back: usize,
+    },
+    /// A branch stopped: a peer saw more of it than its store holds.
+    Stop {
+        node: usize,
     },
     Reconnect {
         links: usize,
@@ -522,9 +555,14 @@ impl Hasher for Fnv {
     }
 }
 
+/// Earlier committed states of a store kept for the rollback fault.
+pub const STORE_HISTORY_MAX: usize = 12;
+
 struct Node {
     cfg: CoreConfig,
     store: MemStore,
+    /// The store's contents after each of its last commits, oldest first.
+    history: VecDeque<MemKv>,
     /// `None` while crashed.
     core: Option<Branch>,
     /// Events fed since the last flush.
@@ -633,6 +671,9 @@ struct Sim<'a> {
     stats: SimStats,
     trace: Fnv,
     recent: VecDeque<(usize, Micros, Action)>,
+    /// Branches that restarted on a store put back in time (the per-step checks are off once
+    /// one did: until the cluster finds out, its money is not conserved).
+    rolled_back: BTreeSet<usize>,
 }
 
 impl<'a> Sim<'a> {
@@ -673,6 +714,7 @@ impl<'a> Sim<'a> {
             }
             nodes.push(Node {
                 cfg,
+                history: VecDeque::new(),
                 store,
                 core: Some(core),
                 pending: false,
@@ -702,6 +744,7 @@ impl<'a> Sim<'a> {
             },
             trace: Fnv(0xcbf2_9ce4_8422_2325),
             recent: VecDeque::with_capacity(RECENT_MAX + 1),
+            rolled_back: BTreeSet::new(),
         }
     }
 
@@ -713,11 +756,21 @@ impl<'a> Sim<'a> {
         for step in 1..=self.opts.steps {
             self.step = step;
             self.fault_step()?;
+            if self.stats.stopped.is_some() {
+                return Ok(());
+            }
         }
         self.stats.snapshots_during_faults = self.nodes[0].dur.completed.0;
         self.phase = Phase::Liveness;
         self.liveness()?;
+        if self.stats.stopped.is_some() {
+            return Ok(());
+        }
         self.phase = Phase::Final;
+        // A store put back in time either stopped its branch (above) or was one nobody had
+        // seen ahead of: then the cluster must have carried on exactly, as after a crash.
+        self.rolled_back.clear();
+        self.check()?;
         self.final_checks()
     }
 
@@ -947,16 +1000,35 @@ impl<'a> Sim<'a> {
             return Err(format!("message to crashed #{to} was still queued"));
         }
         self.stats.deliveries += 1;
-        self.core(to)
-            .on_message(BranchId(from as u16), m.msg, now)
-            .map_err(|e| {
+        match self.core(to).on_message(BranchId(from as u16), m.msg, now) {
+            Ok(()) => {}
+            // A branch whose store is behind stops: only one put back in time may.
+            Err(ProtocolError::SelfBehind(b)) => {
+                if !self.rolled_back.contains(&to) {
+                    return Err(format!("healthy #{to} stopped as behind: {b}"));
+                }
+                self.crash(to);
+                self.stats.stopped = Some(format!("#{to} stopped: {b}"));
+                return Ok(Some(Action::Stop { node: to }));
+            }
+            Err(ProtocolError::PeerBehind(b)) => {
+                let culprit = b.branch().index();
+                if !self.rolled_back.contains(&culprit) {
+                    return Err(format!("#{to} refused healthy #{culprit}: {b}"));
+                }
+                self.stats.refusals += 1;
+            }
+            Err(e) => {
                 let via = if stale {
                     "a broken connection"
                 } else {
                     "a live connection"
                 };
-                format!("#{to} rejected {brief:?} from #{from} (via {via}): {e}")
-            })?;
+                return Err(format!(
+                    "#{to} rejected {brief:?} from #{from} (via {via}): {e}"
+                ));
+            }
+        }
         Ok(Some(Action::Deliver {
             from,
             to,
@@ -1020,7 +1092,13 @@ impl<'a> Sim<'a> {
     /// wait for; the rest is lost.
     fn retire(&mut self, idx: usize, d: usize) {
         let mut q = std::mem::take(&mut self.conns[idx].q[d]);
-        let keep = self.rng.gen_range(0..=q.len());
+        // The dialler reads a connection's acks in the task that reports it down, so none of a
+        // broken connection's acks reaches its core after that.
+        let keep = if d == 1 {
+            0
+        } else {
+            self.rng.gen_range(0..=q.len())
+        };
         self.count_lost(q.len() - keep);
         q.truncate(keep);
         if !q.is_empty() {
@@ -1176,6 +1254,23 @@ impl<'a> Sim<'a> {
     fn restart(&mut self, c: usize) -> Result<Action, String> {
         let mut cfg = self.nodes[c].cfg.clone();
         cfg.seed = self.rng.gen();
+        let mut rolled_back = 0;
+        let kept = self.nodes[c].history.len();
+        if kept > 1 && self.rng.gen_bool(self.opts.p_rollback) {
+            // history.back() is the store as it is; go back 1..kept commits.
+            rolled_back = self.rng.gen_range(1..kept);
+            let kv = self.nodes[c].history[kept - 1 - rolled_back].clone();
+            self.nodes[c].history.truncate(kept - rolled_back);
+            self.nodes[c].store = MemStore::reopen_mem(kv)
+                .map_err(|e| format!("#{c}: an earlier copy of its store does not open: {e}"))?;
+            self.nodes[c].dur = match self.nodes[c].store.state() {
+                Ok(Some(st)) => st,
+                Ok(None) => DurableState::genesis(self.n, self.opts.initial_balance),
+                Err(e) => return Err(format!("#{c}: earlier store unreadable: {e}")),
+            };
+            self.rolled_back.insert(c);
+            self.stats.rollbacks += 1;
+        }
         let rec = self.nodes[c]
             .store
             .recover(&cfg)
@@ -1192,10 +1287,14 @@ impl<'a> Sim<'a> {
         self.nodes[c].core = Some(core);
         self.nodes[c].pending = false;
         self.stats.restarts += 1;
-        Ok(Action::Restart { node: c })
+        Ok(Action::Restart {
+            node: c,
+            rolled_back,
+        })
     }
 
-    /// Group commit at branch `i`: take the `Ready`, persist it, then send, crashing at `crash`.
+    /// Group commit at branch `i`: take the `Ready` and carry it out with the shell's own
+    /// [`apply_ready`] (persist, then send), crashing at `crash`.
     fn flush(&mut self, i: usize, crash: Option<CrashPoint>) -> Result<Action, String> {
         let ready = self.core(i).take_ready();
         self.nodes[i].pending = false;
@@ -1204,7 +1303,6 @@ impl<'a> Sim<'a> {
         if self.opts.shell_sends_first {
             return self.flush_sending_first(i, ready, crash);
         }
-        let total = ready.send.len();
         if crash == Some(CrashPoint::BeforePersist) {
             self.crash(i);
             return Ok(Action::Flush {
@@ -1213,16 +1311,27 @@ impl<'a> Sim<'a> {
                 crash,
             });
         }
-        self.commit(i, &ready.persist)?;
-        if self.opts.check_sends_durable {
-            self.check_sends(i, &ready.send)?;
-        }
+        let total = ready.send.len();
         let sends = match crash {
             None => total,
             Some(CrashPoint::AfterPersist) => 0,
             Some(_) => self.rng.gen_range(0..=total),
         };
-        for out in ready.send.into_iter().take(sends) {
+        let batch = ready.persist.clone();
+        let mut handed: Vec<Outgoing> = Vec::with_capacity(sends);
+        apply_ready(&mut self.nodes[i].store, ready, &mut |out| {
+            if handed.len() == sends {
+                return ControlFlow::Break(());
+            }
+            handed.push(out);
+            ControlFlow::Continue(())
+        })
+        .map_err(|e| format!("#{i} commit failed: {e}"))?;
+        self.committed(i, &batch)?;
+        if self.opts.check_sends_durable {
+            self.check_sends(i, &handed)?;
+        }
+        for out in handed {
             self.enqueue(i, out)?;
         }
         if crash.is_some() {
@@ -1253,7 +1362,11 @@ impl<'a> Sim<'a> {
             self.enqueue(i, out)?;
         }
         if matches!(crash, None | Some(CrashPoint::AfterPersist)) {
-            self.commit(i, &ready.persist)?;
+            self.nodes[i]
+                .store
+                .commit(&ready.persist)
+                .map_err(|e| format!("#{i} commit failed: {e}"))?;
+            self.committed(i, &ready.persist)?;
         }
         if crash.is_some() {
             self.crash(i);
@@ -1265,15 +1378,20 @@ impl<'a> Sim<'a> {
         })
     }
 
-    fn commit(&mut self, i: usize, batch: &WriteBatch) -> Result<(), String> {
+    /// Branch `i`'s store just committed `batch`: mirror its log, read its state back, keep a
+    /// copy for the rollback fault, check what it completed.
+    fn committed(&mut self, i: usize, batch: &WriteBatch) -> Result<(), String> {
         if batch.is_empty() {
             return Ok(());
         }
         let n = self.n;
-        self.nodes[i]
-            .store
-            .commit(batch)
-            .map_err(|e| format!("#{i} commit failed: {e}"))?;
+        if self.opts.p_rollback > 0.0 {
+            let nd = &mut self.nodes[i];
+            if nd.history.len() == STORE_HISTORY_MAX {
+                nd.history.pop_front();
+            }
+            nd.history.push_back(nd.store.contents().clone());
+        }
         for &(to, seq, amount) in &batch.transfers {
             if to.index() >= n || to.index() == i {
                 return Err(format!("#{i} logged a transfer to {to}"));
@@ -1296,7 +1414,9 @@ impl<'a> Sim<'a> {
                     "#{i} is not the initiator but completed a snapshot"
                 ));
             }
-            self.check_global(g)?;
+            if self.rolled_back.is_empty() {
+                self.check_global(g)?;
+            }
         }
         self.touched.push(i);
         Ok(())
@@ -1319,6 +1439,9 @@ impl<'a> Sim<'a> {
         self.check()?;
         let start = self.step;
         loop {
+            if self.stats.stopped.is_some() {
+                break;
+            }
             if self.step - start > self.opts.liveness_steps_max {
                 return Err(format!(
                     "not quiet {} steps after the faults stopped ({} messages in flight)",
@@ -1499,8 +1622,11 @@ impl<'a> Sim<'a> {
     }
 
     fn check(&mut self) -> Result<(), String> {
-        self.check_durable()?;
         let touched = std::mem::take(&mut self.touched);
+        if !self.rolled_back.is_empty() {
+            return Ok(());
+        }
+        self.check_durable()?;
         for &x in &touched {
             self.check_store_logs(x)?;
         }
@@ -1665,6 +1791,15 @@ impl<'a> Sim<'a> {
                 Message::Marker { snapshot, .. } => *snapshot <= d.last_recorded,
                 Message::Part(part) => part.snapshot <= d.parts_done,
                 Message::Compact { snapshot, .. } => *snapshot <= d.completed,
+                Message::Position(q) => {
+                    let o = &d.out[p];
+                    q.sent <= o.sent
+                        && q.acked <= o.acked
+                        && q.marker_acked <= o.marker_acked
+                        && q.part_acked <= o.part_acked
+                        && q.last_recorded <= d.last_recorded
+                        && q.parts_done <= d.parts_done
+                }
                 Message::Hello { .. } | Message::Request(_) | Message::Reply(_) => false,
             };
             if !ok {
@@ -1861,6 +1996,7 @@ mod tests {
             None | Some("") => None,
             Some("ack-before-durable") => Some(InjectedBug::AckBeforeDurable),
             Some("record-past-marker") => Some(InjectedBug::RecordPastMarker),
+            Some("no-position-check") => Some(InjectedBug::NoPositionCheck),
             Some("shell-sends-first") => {
                 opts.shell_sends_first = true;
                 None
@@ -1895,9 +2031,14 @@ mod tests {
         }
         assert_eq!(ok.len() as u64, count);
         let sum = |f: fn(&SimStats) -> u64| ok.iter().map(f).sum::<u64>();
+        let rolled = ok.iter().filter(|s| s.rollbacks > 0).count();
+        let stopped = ok.iter().filter(|s| s.stopped.is_some()).count();
         println!(
-            "sim: {count} seeds from {first} × {steps} steps passed in {:.1?}: {} transfers, {} deliveries, {} snapshots, {} crashes, {} restarts, {} breaks, {} partitions, {} messages lost, longest liveness phase {} steps",
+            "sim: {count} seeds from {first} × {steps} steps passed in {:.1?}: {} stores put back in time in {rolled} seeds ({stopped} ended with the put-back branch stopping, {} ran on exactly; {} refusals), {} transfers, {} deliveries, {} snapshots, {} crashes, {} restarts, {} breaks, {} partitions, {} messages lost, longest liveness phase {} steps",
             t.elapsed(),
+            sum(|s| s.rollbacks),
+            rolled - stopped,
+            sum(|s| s.refusals),
             sum(|s| s.transfers),
             sum(|s| s.deliveries),
             sum(|s| s.snapshots),
@@ -1908,6 +2049,13 @@ mod tests {
             sum(|s| s.dropped),
             ok.iter().map(|s| s.liveness_steps).max().unwrap_or(0),
         );
+        if count >= 500 && std::env::var("SNAPBANK_SIM_BUG").is_err() {
+            // The sweep must exercise both outcomes of a store put back in time.
+            assert!(
+                stopped > 0 && rolled > stopped,
+                "rollback coverage: {rolled} seeds rolled back, {stopped} stopped"
+            );
+        }
     }
 
     #[test]
@@ -1990,6 +2138,54 @@ mod tests {
             o.bug = Some(InjectedBug::RecordPastMarker)
         });
         assert!(f.violation.starts_with("snapshot "), "{f}");
+    }
+
+    /// Crash rate of the rollback tests: each restart puts its store back.
+    const ROLLBACK_P_CRASH: f64 = 0.02;
+
+    /// Without the position exchange on new connections, a store put back in time goes
+    /// unnoticed: a sender reuses sequence numbers its receiver already applied (dropped as
+    /// duplicates), or a receiver that lost credits it acknowledged wedges the channel. The
+    /// simulator must find money lost or created, or a cluster that never settles, with no
+    /// branch stopping.
+    #[test]
+    fn finds_a_store_put_back_in_time_without_the_position_check() {
+        let (_, f) = seeds_to_find("no-position-check", 60, |o| {
+            o.bug = Some(InjectedBug::NoPositionCheck);
+            o.p_rollback = 1.0;
+            o.p_crash = ROLLBACK_P_CRASH;
+        });
+        let silent = [
+            "not conserved",
+            "lost",
+            "applied twice",
+            "not quiet",
+            "pending",
+            "recording",
+        ];
+        assert!(silent.iter().any(|w| f.violation.contains(w)), "{f}");
+    }
+
+    /// The same faults with the check on: every seed ends with the put-back branch stopped or
+    /// the cluster carried on exactly.
+    #[test]
+    fn a_store_put_back_in_time_stops_its_branch_or_is_harmless() {
+        let (ok, fail) = sweep(0..60, |seed| SimOptions {
+            p_rollback: 1.0,
+            p_crash: ROLLBACK_P_CRASH,
+            ..SimOptions::for_seed(seed)
+        });
+        if let Some(f) = fail {
+            panic!("{f}");
+        }
+        let stopped = ok.iter().filter(|s| s.stopped.is_some()).count();
+        assert!(stopped > 0, "no seed stopped a branch");
+        println!(
+            "{stopped} of 60 seeds stopped the put-back branch; e.g. {}",
+            ok.iter()
+                .find_map(|s| s.stopped.clone())
+                .unwrap_or_default()
+        );
     }
 
     /// A shell that sends before it persists is harmless until it crashes in between: this one

@@ -3,8 +3,9 @@
 //! A frame on the wire is a 4-byte big-endian length followed by that many bytes of CBOR encoding
 //! one [`Message`]. Frames larger than [`FRAME_BYTES_MAX`] are refused before any allocation.
 //! Each TCP connection is dialled by the sender of one channel `i → j`: `i` sends `Hello`, then
-//! `Transfers`, `Marker`, `Part` and (from the initiator) `Compact`; `j` answers `Hello` once and
-//! then only `Ack`. An operator's control connection (`snapctl status`, `snapctl snapshot`)
+//! its `Position`, waits for `j`'s first `Ack`, then sends `Transfers`, `Marker`, `Part` and (from
+//! the initiator) `Compact`; `j` answers `Hello` once and then only `Ack`. An operator's control
+//! connection (`snapctl status`, `snapctl snapshot`)
 //! carries `Request`s one way and `Reply`s the other.
 
 use crate::core::Pending;
@@ -50,6 +51,31 @@ pub enum Message {
     Request(Request),
     /// A branch's answer to a [`Request`].
     Reply(Reply),
+    /// First message of the sender on every new connection of its channel `i → j`: where its
+    /// store says the channel stands. The sender sends nothing else on the connection until the
+    /// receiver's first [`Message::Ack`] told it where the receiver stands, so two ends whose
+    /// stores disagree (one went back in time: rolled back, replaced, or a power cut took writes
+    /// it had acknowledged) find out before either acts on it.
+    Position(Position),
+}
+
+/// Where a channel `i → j` stands, as its sender `i`'s store has it: the sender's own counters
+/// (which the receiver's can never exceed) and what the receiver acknowledged (which the
+/// receiver's can never be below).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Transfers the sender ever sent on the channel.
+    pub sent: Seq,
+    /// Highest snapshot the sender recorded (its markers on the channel go no further).
+    pub last_recorded: SnapshotId,
+    /// Highest snapshot part the sender completed (towards the initiator).
+    pub parts_done: SnapshotId,
+    /// Highest transfer the receiver acknowledged as applied.
+    pub acked: Seq,
+    /// Highest marker the receiver acknowledged.
+    pub marker_acked: SnapshotId,
+    /// Highest part the receiver (the initiator) acknowledged.
+    pub part_acked: SnapshotId,
 }
 
 /// What an operator can ask a running branch.
@@ -167,6 +193,22 @@ impl Message {
             }
             Message::Compact { snapshot, .. } if snapshot.0 == 0 => {
                 Err(WireError::Invalid("Compact for snapshot 0".into()))
+            }
+            Message::Position(p) if p.acked > p.sent => Err(WireError::Invalid(format!(
+                "Position: seq {} acknowledged of only {} sent",
+                p.acked, p.sent
+            ))),
+            Message::Position(p) if p.marker_acked > p.last_recorded => {
+                Err(WireError::Invalid(format!(
+                    "Position: marker {} acknowledged of only {} recorded",
+                    p.marker_acked, p.last_recorded
+                )))
+            }
+            Message::Position(p) if p.part_acked > p.parts_done => {
+                Err(WireError::Invalid(format!(
+                    "Position: part {} acknowledged of only {} done",
+                    p.part_acked, p.parts_done
+                )))
             }
             Message::Reply(Reply::SnapshotDone { snapshot, .. }) if snapshot.0 == 0 => {
                 Err(WireError::Invalid("SnapshotDone for snapshot 0".into()))

@@ -11,7 +11,7 @@ use snapbank::secure::{initiate, respond, BranchKeys, ClusterKey, Mode, Preamble
 use snapbank::snapshot::{ChannelRecord, LocalPart};
 use snapbank::types::{BranchId, Seq, SnapshotId};
 use snapbank::wire::{
-    Message, MessageCodec, Reply, Request, WireError, FRAME_BYTES_MAX, LOG_RANGES_MAX,
+    Message, MessageCodec, Position, Reply, Request, WireError, FRAME_BYTES_MAX, LOG_RANGES_MAX,
     TRANSFERS_PER_FRAME_MAX,
 };
 use std::path::Path;
@@ -147,7 +147,33 @@ fn valid_message() -> impl Strategy<Value = Message> {
         nonzero_u64().prop_map(|s| Message::Request(Request::Part {
             snapshot: SnapshotId(s)
         })),
+        valid_position().prop_map(Message::Position),
     ]
+}
+
+/// A sender's position: what it acknowledged never exceeds what it has.
+fn valid_position() -> impl Strategy<Value = Position> {
+    (
+        (edgy_u64(), edgy_u64(), edgy_u64()),
+        (any::<Index>(), any::<Index>(), any::<Index>()),
+    )
+        .prop_map(|((sent, rec, done), (a, m, p))| {
+            let below = |top: u64, i: Index| {
+                if top == u64::MAX {
+                    i.index(usize::MAX) as u64
+                } else {
+                    i.index(top as usize + 1) as u64
+                }
+            };
+            Position {
+                sent: Seq(sent),
+                last_recorded: SnapshotId(rec),
+                parts_done: SnapshotId(done),
+                acked: Seq(below(sent, a)),
+                marker_acked: SnapshotId(below(rec, m)),
+                part_acked: SnapshotId(below(done, p)),
+            }
+        })
 }
 
 /// Messages `validate` must refuse, one kind per arm.
@@ -232,6 +258,20 @@ fn any_message() -> impl Strategy<Value = Message> {
         local_part(snapshot_id(), 3).prop_map(Message::Part),
         (snapshot_id(), vec((branch(), seq()), 0..8))
             .prop_map(|(snapshot, below)| Message::Compact { snapshot, below }),
+        (
+            (edgy_u64(), edgy_u64(), edgy_u64()),
+            (edgy_u64(), edgy_u64(), edgy_u64())
+        )
+            .prop_map(
+                |((sent, rec, done), (a, m, p))| Message::Position(Position {
+                    sent: Seq(sent),
+                    last_recorded: SnapshotId(rec),
+                    parts_done: SnapshotId(done),
+                    acked: Seq(a),
+                    marker_acked: SnapshotId(m),
+                    part_acked: SnapshotId(p),
+                })
+            ),
     ]
 }
 
@@ -251,6 +291,9 @@ fn spec_valid(m: &Message) -> bool {
         Message::Request(Request::LogSums { ranges }) => ranges.len() <= LOG_RANGES_MAX,
         Message::Request(_) | Message::Reply(_) => true,
         Message::Hello { .. } | Message::Ack { .. } => true,
+        Message::Position(p) => {
+            p.acked <= p.sent && p.marker_acked <= p.last_recorded && p.part_acked <= p.parts_done
+        }
     }
 }
 

@@ -32,7 +32,7 @@ mod tests;
 
 use crate::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
 use crate::types::{Amount, BranchId, Micros, Seq, SnapshotId};
-use crate::wire::{Message, TRANSFERS_PER_FRAME_MAX};
+use crate::wire::{Message, Position, TRANSFERS_PER_FRAME_MAX};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -99,6 +99,12 @@ pub struct DurableState {
     /// Parts (and, at the initiator, global snapshots) older than this have been pruned.
     #[serde(default)]
     pub pruned_below: SnapshotId,
+    /// Initiator: the first completed snapshot whose total was not the expected one (0: none).
+    /// From then on nothing is compacted or pruned any more: the last snapshot that conserved
+    /// money and everything after it stay for the audit, and every later completion is reported
+    /// as an error.
+    #[serde(default)]
+    pub unconserved_since: SnapshotId,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +193,7 @@ impl DurableState {
             completed: SnapshotId(0),
             history_from: SnapshotId(0),
             pruned_below: SnapshotId(0),
+            unconserved_since: SnapshotId(0),
         }
     }
 }
@@ -256,6 +263,9 @@ pub enum Notice {
         duration_us: u64,
         total: u128,
         expected: Amount,
+        /// The first snapshot that did not conserve money, if one did not (this one or earlier):
+        /// compaction and pruning have stopped since.
+        unconserved_since: Option<SnapshotId>,
     },
 }
 
@@ -284,22 +294,17 @@ pub struct Ready {
 pub enum ProtocolError {
     #[error("unexpected {0} on this connection")]
     Unexpected(&'static str),
-    #[error("acknowledges seq {acked} but only {sent} were sent")]
-    AckBeyondSent { acked: Seq, sent: Seq },
-    #[error("acknowledges marker {0} that was never sent")]
-    AckBeyondMarker(SnapshotId),
-    #[error("acknowledges part {0} that was never sent")]
-    AckBeyondPart(SnapshotId),
-    #[error("marker {snapshot} placed after seq {after}, but seq {applied} was already applied")]
-    MarkerBehind {
-        snapshot: SnapshotId,
-        after: Seq,
-        applied: Seq,
-    },
+    /// This branch's store is behind what a peer saw of it: it was rolled back, replaced, or lost
+    /// writes it had acknowledged (a power cut under a disk that lied). Carrying on would create
+    /// or destroy money.
+    #[error("{0}")]
+    SelfBehind(Behind),
+    /// The peer's store is behind what this branch saw of it; the peer is refused until it comes
+    /// back with a store that is not (it stops itself when it learns it).
+    #[error("{0}")]
+    PeerBehind(Behind),
     #[error("marker {0} for a snapshot already completed here")]
     StaleMarker(SnapshotId),
-    #[error("marker {0} for a snapshot the initiator never started")]
-    MarkerNeverStarted(SnapshotId),
     #[error("credit would overflow the balance")]
     Overflow,
     #[error("malformed part: {0}")]
@@ -308,24 +313,108 @@ pub enum ProtocolError {
     BadCompact(String),
 }
 
+/// Which of a channel's counters the two ends disagree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionKind {
+    /// Transfer sequence numbers: sent (sender) against applied (receiver).
+    Transfers,
+    /// Snapshot markers: recorded (sender) against received (receiver).
+    Markers,
+    /// Snapshot parts towards the initiator: done (sender) against received (initiator).
+    Parts,
+    /// Snapshots the initiator started (receiver) against a marker or part of one (sender).
+    Started,
+}
+
+/// Which end of a channel is behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Sender,
+    Receiver,
+}
+
+/// The two ends of channel `from → to` disagree in a way only a store that went back in time
+/// explains: the `behind` end's store holds `store_has`, but the other end saw `other_saw` from
+/// it (a receiver applied more than its sender's store says was sent, or a sender holds an
+/// acknowledgement for more than its receiver's store says was applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Behind {
+    pub from: BranchId,
+    pub to: BranchId,
+    pub kind: PositionKind,
+    pub behind: End,
+    pub store_has: u64,
+    pub other_saw: u64,
+}
+
+impl Behind {
+    /// The branch whose store is behind.
+    pub fn branch(&self) -> BranchId {
+        match self.behind {
+            End::Sender => self.from,
+            End::Receiver => self.to,
+        }
+    }
+
+    /// One sentence, with branches named by `name`.
+    pub fn describe(&self, name: &dyn Fn(BranchId) -> String) -> String {
+        let (from, to) = (name(self.from), name(self.to));
+        let (has, saw) = (self.store_has, self.other_saw);
+        let what = match (self.kind, self.behind) {
+            (PositionKind::Transfers, End::Sender) => format!(
+                "{from}'s store has sent transfers up to seq {has}, but {to} applied up to seq {saw}"
+            ),
+            (PositionKind::Transfers, End::Receiver) => format!(
+                "{to}'s store has applied transfers up to seq {has}, but {from} holds {to}'s acknowledgement up to seq {saw}"
+            ),
+            (PositionKind::Markers, End::Sender) => format!(
+                "{from}'s store has recorded snapshots up to {has}, but {to} received {from}'s marker of snapshot {saw}"
+            ),
+            (PositionKind::Markers, End::Receiver) => format!(
+                "{to}'s store has received markers up to snapshot {has}, but {from} holds {to}'s acknowledgement of marker {saw}"
+            ),
+            (PositionKind::Parts, End::Sender) => format!(
+                "{from}'s store has completed snapshot parts up to {has}, but {to} received {from}'s part of snapshot {saw}"
+            ),
+            (PositionKind::Parts, End::Receiver) => format!(
+                "{to}'s store has received parts up to snapshot {has}, but {from} holds {to}'s acknowledgement of part {saw}"
+            ),
+            (PositionKind::Started, _) => format!(
+                "{to}'s store has started snapshots up to {has}, but {from} sent its share of snapshot {saw}"
+            ),
+        };
+        format!(
+            "the store of {} is behind the cluster on channel {from} -> {to}: {what}",
+            name(self.branch())
+        )
+    }
+}
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(&|b| b.to_string()))
+    }
+}
+
 /// What the shell must do about a [`ProtocolError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Remedy {
     /// Close the connection the message came on: the peer reconnects and resends in order,
     /// which repairs the gap the refused message left.
     Reconnect,
-    /// The peer has seen more from us than our store holds: this store was lost, replaced or
-    /// rolled back. Carrying on would create or destroy money; stop and have the operator
-    /// restore the cluster.
+    /// This branch's store is behind what the cluster saw (see [`ProtocolError::SelfBehind`]):
+    /// stop, and have the operator restore the cluster.
     Stop,
+    /// The peer's store is behind: tell the operator; the core already ignores the peer on this
+    /// connection.
+    Refuse,
 }
 
 impl ProtocolError {
     pub fn remedy(&self) -> Remedy {
         match self {
-            ProtocolError::AckBeyondSent { .. }
-            | ProtocolError::AckBeyondMarker(_)
-            | ProtocolError::AckBeyondPart(_) => Remedy::Stop,
+            ProtocolError::SelfBehind(_) => Remedy::Stop,
+            ProtocolError::PeerBehind(_) => Remedy::Refuse,
             _ => Remedy::Reconnect,
         }
     }
@@ -340,8 +429,15 @@ pub struct Branch {
     unsent_parts: VecDeque<LocalPart>,
     /// Initiator: parts per snapshot in progress.
     collected: BTreeMap<SnapshotId, BTreeMap<BranchId, LocalPart>>,
-    /// Per peer: the epoch of the outgoing link if it is up.
+    /// Per peer: the epoch of the outgoing link if it is up and the receiver's position on it
+    /// is known (its first acknowledgement arrived): only then does the channel carry anything.
     out_link: Vec<Option<u64>>,
+    /// Per peer: the epoch of an outgoing link that is connected, has sent its [`Position`], and
+    /// waits for the receiver's first acknowledgement.
+    link_pending: Vec<Option<u64>>,
+    /// Per peer: its current inbound connection is refused (its store is behind); nothing it
+    /// sends there is taken until it connects again.
+    refused_in: Vec<bool>,
     /// Per peer: an acknowledgement should be sent at the end of this step.
     ack_due: Vec<bool>,
     /// Per peer: index into `ready.send` of a `Transfers` message still open for appending.
@@ -364,6 +460,10 @@ pub enum InjectedBug {
     AckBeforeDurable,
     /// Keep adding transfers to a channel's recorded money after its marker arrived.
     RecordPastMarker,
+    /// No position exchange on a new connection (a link carries everything at once, as before
+    /// it existed) and no check that acknowledgements only grow: a store that went back in time
+    /// is caught only when a peer happens to acknowledge beyond what it sent.
+    NoPositionCheck,
 }
 
 impl Branch {
@@ -395,6 +495,8 @@ impl Branch {
             unsent_parts: rec.unsent_parts.into(),
             collected,
             out_link: vec![None; n],
+            link_pending: vec![None; n],
+            refused_in: vec![false; n],
             ack_due: vec![false; n],
             open_run: vec![None; n],
             rng,
@@ -556,9 +658,40 @@ impl Branch {
         self.maybe_complete(k, now);
     }
 
-    /// The outgoing link to `peer` is connected (its `epoch`-th time): resend what is pending.
+    /// The outgoing link to `peer` is connected (its `epoch`-th time): say where this branch's
+    /// store has the channel, and send nothing more until the receiver's first acknowledgement
+    /// says where its store has it ([`Branch::on_message`] checks the two against each other).
+    /// A sender whose store went back in time would otherwise reuse sequence numbers the receiver
+    /// already applied, which it would drop as duplicates: money lost without a word.
     pub fn on_link_up(&mut self, peer: BranchId, epoch: u64) {
+        #[cfg(test)]
+        if self.has_bug(InjectedBug::NoPositionCheck) {
+            return self.open_link(peer, epoch);
+        }
+        self.out_link[peer.index()] = None;
+        self.link_pending[peer.index()] = Some(epoch);
+        self.open_run[peer.index()] = None;
+        let out = &self.state.out[peer.index()];
+        let position = Position {
+            sent: out.sent,
+            last_recorded: self.state.last_recorded,
+            parts_done: self.state.parts_done,
+            acked: out.acked,
+            marker_acked: out.marker_acked,
+            part_acked: out.part_acked,
+        };
+        self.ready.send.push(Outgoing {
+            to: peer,
+            link: Link::Out { epoch },
+            msg: Message::Position(position),
+        });
+    }
+
+    /// The receiver's position on the link to `peer` is known: the channel opens, and everything
+    /// pending on it is resent in channel order (markers in their places), then any parts.
+    fn open_link(&mut self, peer: BranchId, epoch: u64) {
         self.out_link[peer.index()] = Some(epoch);
+        self.link_pending[peer.index()] = None;
         self.open_run[peer.index()] = None;
         let link = Link::Out { epoch };
         let mut markers = self.state.out[peer.index()].markers.iter().peekable();
@@ -616,12 +749,14 @@ impl Branch {
     /// The outgoing link to `peer` broke; nothing more is sent until it is up again.
     pub fn on_link_down(&mut self, peer: BranchId) {
         self.out_link[peer.index()] = None;
+        self.link_pending[peer.index()] = None;
         self.open_run[peer.index()] = None;
     }
 
-    /// `peer` connected to us: tell it at once how far we are, so it can prune and resend.
+    /// `peer` connected to us: tell it at once how far we are, so it can check, prune and resend.
     pub fn on_inbound_up(&mut self, peer: BranchId) {
         self.ack_due[peer.index()] = true;
+        self.refused_in[peer.index()] = false;
     }
 
     /// A message from `from`. `Ack` arrives on the link we dialled; the rest on the link `from`
@@ -632,7 +767,12 @@ impl Branch {
         msg: Message,
         now: Micros,
     ) -> Result<(), ProtocolError> {
+        if self.refused_in[from.index()] && !matches!(msg, Message::Ack { .. }) {
+            // The peer's store is behind (already reported): take nothing from it.
+            return Ok(());
+        }
         match msg {
+            Message::Position(p) => self.on_position(from, &p),
             Message::Transfers { first, amounts } => self.on_transfers(from, first, &amounts),
             Message::Marker { snapshot, after } => self.on_marker(from, snapshot, after, now),
             Message::Part(part) => self.on_part(from, part, now),
@@ -781,18 +921,47 @@ impl Branch {
         marker: SnapshotId,
         part: SnapshotId,
     ) -> Result<(), ProtocolError> {
-        let out = &self.state.out[from.index()];
-        if applied > out.sent {
-            return Err(ProtocolError::AckBeyondSent {
-                acked: applied,
-                sent: out.sent,
-            });
+        let (me, p) = (self.cfg.me, from.index());
+        let out = &self.state.out[p];
+        // The receiver saw more from this branch than its store holds: this store is behind.
+        let mine = [
+            (PositionKind::Transfers, out.sent.0, applied.0),
+            (PositionKind::Markers, self.state.last_recorded.0, marker.0),
+            (PositionKind::Parts, self.state.parts_done.0, part.0),
+        ];
+        if let Some(&(kind, has, saw)) = mine.iter().find(|(_, has, saw)| saw > has) {
+            return Err(ProtocolError::SelfBehind(Behind {
+                from: me,
+                to: from,
+                kind,
+                behind: End::Sender,
+                store_has: has,
+                other_saw: saw,
+            }));
         }
-        if marker > self.state.last_recorded {
-            return Err(ProtocolError::AckBeyondMarker(marker));
-        }
-        if part > self.state.parts_done {
-            return Err(ProtocolError::AckBeyondPart(part));
+        #[cfg(test)]
+        let checked = !self.has_bug(InjectedBug::NoPositionCheck);
+        #[cfg(not(test))]
+        let checked = true;
+        // The receiver acknowledges less than it did before: its store is behind.
+        let theirs = [
+            (PositionKind::Transfers, applied.0, out.acked.0),
+            (PositionKind::Markers, marker.0, out.marker_acked.0),
+            (PositionKind::Parts, part.0, out.part_acked.0),
+        ];
+        if let Some(&(kind, has, saw)) = theirs.iter().find(|(_, has, saw)| checked && saw > has) {
+            // Never opened to it: the link stays shut until the peer comes back with a store
+            // that is not behind.
+            self.out_link[p] = None;
+            self.link_pending[p] = None;
+            return Err(ProtocolError::PeerBehind(Behind {
+                from: me,
+                to: from,
+                kind,
+                behind: End::Receiver,
+                store_has: has,
+                other_saw: saw,
+            }));
         }
         let out = &mut self.state.out[from.index()];
         if applied > out.acked {
@@ -819,6 +988,49 @@ impl Branch {
             }
             self.dirty = true;
         }
+        if let Some(epoch) = self.link_pending[p] {
+            self.open_link(from, epoch);
+        }
+        Ok(())
+    }
+
+    /// The sender's [`Position`] on a new connection of channel `from → me`: each of its counters
+    /// against this branch's. What the sender holds as acknowledged this store must have; what
+    /// this store applied the sender must have sent.
+    fn on_position(&mut self, from: BranchId, pos: &Position) -> Result<(), ProtocolError> {
+        let (me, p) = (self.cfg.me, from.index());
+        let inc = &self.state.inc[p];
+        let mine = [
+            (PositionKind::Transfers, inc.applied.0, pos.acked.0),
+            (PositionKind::Markers, inc.marker.0, pos.marker_acked.0),
+            (PositionKind::Parts, inc.part.0, pos.part_acked.0),
+        ];
+        if let Some(&(kind, has, saw)) = mine.iter().find(|(_, has, saw)| saw > has) {
+            return Err(ProtocolError::SelfBehind(Behind {
+                from,
+                to: me,
+                kind,
+                behind: End::Receiver,
+                store_has: has,
+                other_saw: saw,
+            }));
+        }
+        let theirs = [
+            (PositionKind::Transfers, pos.sent.0, inc.applied.0),
+            (PositionKind::Markers, pos.last_recorded.0, inc.marker.0),
+            (PositionKind::Parts, pos.parts_done.0, inc.part.0),
+        ];
+        if let Some(&(kind, has, saw)) = theirs.iter().find(|(_, has, saw)| saw > has) {
+            self.refused_in[p] = true;
+            return Err(ProtocolError::PeerBehind(Behind {
+                from,
+                to: me,
+                kind,
+                behind: End::Sender,
+                store_has: has,
+                other_saw: saw,
+            }));
+        }
         Ok(())
     }
 
@@ -844,14 +1056,20 @@ impl Branch {
             return Ok(());
         }
         if after < applied {
-            return Err(ProtocolError::MarkerBehind {
-                snapshot: k,
-                after,
-                applied,
-            });
+            // The sender recorded its state when it had sent `after`, but this branch applied
+            // more from it: the sender's store went back in time.
+            self.refused_in[p] = true;
+            return Err(ProtocolError::PeerBehind(Behind {
+                from,
+                to: self.cfg.me,
+                kind: PositionKind::Transfers,
+                behind: End::Sender,
+                store_has: after.0,
+                other_saw: applied.0,
+            }));
         }
         if self.is_initiator() && k >= self.state.next_snapshot {
-            return Err(ProtocolError::MarkerNeverStarted(k));
+            return Err(self.never_started(from, k));
         }
         if !self.state.recording.contains_key(&k.0) {
             if k <= self.state.last_recorded {
@@ -997,13 +1215,26 @@ impl Branch {
         Ok(())
     }
 
+    /// Initiator: `from` sent a marker or part of snapshot `k`, which this store never started:
+    /// the store went back in time.
+    fn never_started(&self, from: BranchId, k: SnapshotId) -> ProtocolError {
+        ProtocolError::SelfBehind(Behind {
+            from,
+            to: self.cfg.me,
+            kind: PositionKind::Started,
+            behind: End::Receiver,
+            store_has: self.state.next_snapshot.0 - 1,
+            other_saw: k.0,
+        })
+    }
+
     fn check_part(&self, from: BranchId, part: &LocalPart) -> Result<(), ProtocolError> {
         let bad = |what: String| Err(ProtocolError::BadPart(what));
         if part.branch != from {
             return bad(format!("part of {} sent by {}", part.branch, from));
         }
         if part.snapshot >= self.state.next_snapshot {
-            return bad(format!("part of snapshot {} never started", part.snapshot));
+            return Err(self.never_started(from, part.snapshot));
         }
         let peers = self.cfg.branches as usize - 1;
         if part.sent.len() != peers || part.channels.len() != peers {
@@ -1052,15 +1283,24 @@ impl Branch {
             total,
             parts,
         };
+        if total != global.expected_total as u128 && self.state.unconserved_since.0 == 0 {
+            self.state.unconserved_since = k;
+        }
+        let unconserved = self.state.unconserved_since;
         self.ready.notices.push(Notice::SnapshotComplete {
             snapshot: k,
             duration_us: global.duration_us(),
             total,
             expected: global.expected_total,
+            unconserved_since: (unconserved.0 != 0).then_some(unconserved),
         });
         self.state.completed = self.state.completed.max(k);
         self.dirty = true;
-        self.start_compaction(&global);
+        // Compaction and pruning would drop the evidence: the last snapshot that conserved money
+        // (where the history now starts) and everything after it are kept.
+        if unconserved.0 == 0 {
+            self.start_compaction(&global);
+        }
         self.ready.persist.globals.push(global);
         self.ready.persist.uncollect.push(k);
     }
@@ -1115,10 +1355,14 @@ impl Branch {
         }
         // The initiator completes a snapshot only with this branch's part of it.
         if h > self.state.parts_done {
-            return Err(ProtocolError::BadCompact(format!(
-                "snapshot {h} is complete, but this branch finished its part only up to {}",
-                self.state.parts_done
-            )));
+            return Err(ProtocolError::SelfBehind(Behind {
+                from: self.cfg.me,
+                to: from,
+                kind: PositionKind::Parts,
+                behind: End::Sender,
+                store_has: self.state.parts_done.0,
+                other_saw: h.0,
+            }));
         }
         let mut peers = self.cfg.peers();
         for &(peer, w) in below {
@@ -1129,9 +1373,14 @@ impl Branch {
             }
             let sent = self.state.out[peer.index()].sent;
             if w > sent {
-                return Err(ProtocolError::BadCompact(format!(
-                    "{peer} recorded seq {w} of only {sent} sent"
-                )));
+                return Err(ProtocolError::SelfBehind(Behind {
+                    from: self.cfg.me,
+                    to: peer,
+                    kind: PositionKind::Transfers,
+                    behind: End::Sender,
+                    store_has: sent.0,
+                    other_saw: w.0,
+                }));
             }
         }
         let missing = peers.next().is_some();

@@ -184,6 +184,10 @@ impl Sim {
                     );
                     assert_eq!(below.len(), self.cores.len() - 1);
                 }
+                Message::Position(q) => {
+                    let o = &st.out[p];
+                    assert!(q.sent <= o.sent && q.acked <= o.acked, "#{at}: position");
+                }
                 Message::Hello { .. } | Message::Request(_) | Message::Reply(_) => {
                     panic!("the core never says {msg:?}")
                 }
@@ -274,16 +278,22 @@ impl Sim {
         assert!(self.queue(ch).pop_front().is_some(), "nothing on {ch:?}");
     }
 
-    /// Dials `d → a` anew; returns the dialler's step (its resends).
+    /// Dials `d → a` anew and exchanges positions: the dialler's `Position`, the acceptor's
+    /// first ack. Returns the dialler's step on that ack (its resends).
     fn connect(&mut self, d: usize, a: usize) -> Ready {
         let c = self.conns.get_mut(&(d, a)).expect("conn");
         assert!(c.epoch.is_none(), "#{d} -> #{a} is already up");
         c.epochs += 1;
         let epoch = c.epochs;
         c.epoch = Some(epoch);
-        let (_, ready) = self.run(d, |c, _| c.on_link_up(b(a), epoch));
+        let (_, up) = self.run(d, |c, _| c.on_link_up(b(a), epoch));
+        assert!(
+            matches!(msgs(up).as_slice(), [Message::Position(_)]),
+            "#{d} says only where it stands until #{a} answers"
+        );
         self.run(a, |c, _| c.on_inbound_up(b(d)));
-        ready
+        self.deliver(Chan(d, a, false)).expect("the position");
+        self.deliver(Chan(d, a, true)).expect("the first ack")
     }
 
     /// Every connection that is down comes up.
@@ -653,11 +663,17 @@ fn duplicate_transfers_resent_after_reconnect_are_acknowledged_not_applied_twice
     for amount in [10, 20, 30] {
         s.transfer(1, 0, amount);
     }
-    while s.deliver(Chan::data(1, 0)).is_some() {}
-    assert_eq!(s.cores[0].balance(), INITIAL + 60);
-    s.disconnect(1, 0); // the acks are lost
+    // The connection breaks with the transfers still in the receiver's socket, where the old
+    // connection's reader takes them only after the new connection's first ack has left.
+    let originals: Vec<Message> = s.queue(Chan::data(1, 0)).drain(..).collect();
+    s.disconnect(1, 0);
     assert_eq!(s.cores[1].unacked_total(), 3);
     assert_eq!(msgs(s.connect(1, 0)), vec![transfers(1, &[10, 20, 30])]);
+    for m in originals {
+        let (res, _) = s.run(0, |c, now| c.on_message(b(1), m, now));
+        assert_eq!(res, Ok(()));
+    }
+    assert_eq!(s.cores[0].balance(), INITIAL + 60);
     let dup = s.deliver(Chan::data(1, 0)).expect("resent transfers");
     assert!(dup.persist.is_empty(), "a duplicate changes nothing");
     assert_eq!(acks_in(&dup), vec![(b(1), Seq(3))]); // but is acknowledged again
@@ -709,8 +725,18 @@ fn acks_are_cumulative_and_prune_the_unacked_queue() {
     assert_eq!(res, Ok(()));
     assert_eq!(s.cores[1].unacked[0], [(Seq(4), 4), (Seq(5), 5)]);
     assert_eq!(s.cores[1].state().out[0].acked, Seq(3));
+    // Acks only grow (one connection's come in order, and a new connection's first one is the
+    // receiver's durable state): an older one says the receiver's store went back in time.
     let (res, stale) = s.run(1, |c, now| c.on_message(b(0), ack(2), now));
-    assert_eq!(res, Ok(()));
+    let behind = Behind {
+        from: b(1),
+        to: b(0),
+        kind: PositionKind::Transfers,
+        behind: End::Receiver,
+        store_has: 2,
+        other_saw: 3,
+    };
+    assert_eq!(res, Err(ProtocolError::PeerBehind(behind)));
     assert!(stale.persist.is_empty(), "an older ack changes nothing");
     assert_eq!(s.cores[1].unacked_total(), 2);
     for _ in 0..4 {
@@ -915,11 +941,24 @@ fn a_compaction_notice_not_from_the_initiator_or_malformed_is_rejected() {
         unexpected.clone(),
     );
     assert_rejected(&mut s, 0, 1, compact(1, &[(1, 0), (2, 0)]), unexpected);
+    // A snapshot this branch has not finished its part of, or a watermark beyond what it sent:
+    // the initiator saw more of this branch than its store holds.
+    let behind = |kind, to, has, saw| {
+        ProtocolError::SelfBehind(Behind {
+            from: b(1),
+            to: b(to),
+            kind,
+            behind: End::Sender,
+            store_has: has,
+            other_saw: saw,
+        })
+    };
+    let parts = behind(PositionKind::Parts, 0, 1, 2);
+    assert_rejected(&mut s, 1, 0, compact(2, &[(0, 0), (2, 1)]), parts);
+    let seqs = behind(PositionKind::Transfers, 2, 2, 3);
+    assert_rejected(&mut s, 1, 0, compact(1, &[(0, 0), (2, 3)]), seqs);
     let bad = ProtocolError::BadCompact(String::new());
-    // A snapshot this branch has not finished its part of.
-    assert_rejected(&mut s, 1, 0, compact(2, &[(0, 0), (2, 1)]), bad.clone());
-    // A watermark beyond what was sent; a channel list that is short, long or out of order.
-    assert_rejected(&mut s, 1, 0, compact(1, &[(0, 0), (2, 3)]), bad.clone());
+    // A channel list that is short, long or out of order.
     assert_rejected(&mut s, 1, 0, compact(1, &[(0, 0)]), bad.clone());
     assert_rejected(
         &mut s,
@@ -971,23 +1010,31 @@ fn assert_rejected(s: &mut Sim, at: usize, from: usize, msg: Message, expected: 
 fn ack_beyond_sent_is_rejected() {
     let mut s = Sim::linked(2);
     s.transfer(1, 0, 5);
-    let (acked, sent) = (Seq(2), Seq(1));
-    let want = ProtocolError::AckBeyondSent { acked, sent };
+    let want = ProtocolError::SelfBehind(Behind {
+        from: b(1),
+        to: b(0),
+        kind: PositionKind::Transfers,
+        behind: End::Sender,
+        store_has: 1,
+        other_saw: 2,
+    });
     assert_rejected(&mut s, 1, 0, ack(2), want);
 }
 
 #[test]
-fn marker_behind_applied_is_rejected() {
+fn a_marker_placed_before_what_was_applied_refuses_its_sender_as_behind() {
     let mut s = Sim::linked(3);
     s.transfer(2, 1, 5);
     s.transfer(2, 1, 6);
     s.deliver_all();
-    let (snapshot, after, applied) = (SnapshotId(1), Seq(1), Seq(2));
-    let want = ProtocolError::MarkerBehind {
-        snapshot,
-        after,
-        applied,
-    };
+    let want = ProtocolError::PeerBehind(Behind {
+        from: b(2),
+        to: b(1),
+        kind: PositionKind::Transfers,
+        behind: End::Sender,
+        store_has: 1,
+        other_saw: 2,
+    });
     assert_rejected(&mut s, 1, 2, marker(1, 1), want);
 }
 

@@ -13,6 +13,7 @@
 //! Every metric is named `snapbank_…` and labelled `branch="IP:PORT"`.
 
 use crate::core::Branch;
+use crate::types::SnapshotId;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -156,6 +157,8 @@ pub struct Metrics {
     transfers_sent: Counter,
     transfers_applied: Counter,
     snapshots_completed: Counter,
+    snapshots_unconserved: Counter,
+    unconserved_since: Gauge<u64, AtomicU64>,
     parts_recorded: Counter,
     restarts: Counter,
     balance: Gauge<u64, AtomicU64>,
@@ -260,6 +263,16 @@ impl Metrics {
             "snapshots_completed",
             "Initiator: global snapshots completed since this process started",
         );
+        let snapshots_unconserved = counter(
+            &mut registry,
+            "snapshots_unconserved",
+            "Initiator: global snapshots completed since this process started whose total was not the expected one (money lost or created: alert on any increase)",
+        );
+        let unconserved_since = gauge(
+            &mut registry,
+            "unconserved_since_snapshot",
+            "Initiator: the first completed snapshot whose total was not the expected one, kept in the store (0: none). While non-zero, compaction and pruning are stopped so the last conserving snapshot and everything after it stay for the audit",
+        );
         let parts_recorded = counter(
             &mut registry,
             "snapshot_parts_recorded",
@@ -313,6 +326,8 @@ impl Metrics {
             transfers_sent,
             transfers_applied,
             snapshots_completed,
+            snapshots_unconserved,
+            unconserved_since,
             parts_recorded,
             restarts,
             balance,
@@ -358,6 +373,7 @@ impl Metrics {
         });
         self.snapshots_in_flight
             .set(core.snapshots_in_flight() as u64);
+        self.unconserved_since.set(st.unconserved_since.0);
         self.uptime.set(self.started.elapsed().as_secs_f64());
         self.observed.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -372,9 +388,21 @@ impl Metrics {
         self.commit_duration.observe(d.as_secs_f64());
     }
 
-    /// The initiator completed a global snapshot `duration_us` after starting it.
-    pub fn snapshot_completed(&self, duration_us: u64) {
+    /// The initiator completed a global snapshot `duration_us` after starting it; `conserved`:
+    /// its total was the expected one; `unconserved_since`: the first one whose was not.
+    pub fn snapshot_completed(
+        &self,
+        duration_us: u64,
+        conserved: bool,
+        unconserved_since: Option<SnapshotId>,
+    ) {
         self.snapshots_completed.inc();
+        if !conserved {
+            self.snapshots_unconserved.inc();
+        }
+        if let Some(k) = unconserved_since {
+            self.unconserved_since.set(k.0);
+        }
         self.snapshot_duration.observe(duration_us as f64 / 1e6);
     }
 
@@ -519,7 +547,7 @@ mod tests {
     fn exposition_names_and_labels() {
         let m = Metrics::new("127.0.0.1:8000".parse().expect("addr"), Instant::now());
         m.set_restarts(2);
-        m.snapshot_completed(4_000);
+        m.snapshot_completed(4_000, true, None);
         m.outgoing.connected();
         let text = m.encode(false).expect("encode");
         for line in [

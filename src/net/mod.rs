@@ -16,18 +16,19 @@
 pub mod control;
 pub mod metrics;
 mod pace;
+pub mod ready;
 mod stats;
 
 pub use metrics::Metrics;
 pub use pace::Pace;
 use stats::Stats;
 
-use crate::core::{Branch, CoreConfig, Link, Notice, Ready, Remedy};
+use crate::core::{Branch, CoreConfig, Link, Notice, ProtocolError, Ready, Remedy};
 use crate::hosts::HostList;
 use crate::secure::{self, FrameCodec, Preamble, Security, PREAMBLE_LEN};
 use crate::store::{SledStore, StoreError};
 use crate::types::{BranchId, Micros, SnapshotId};
-use crate::wire::{Message, MessageCodec, WireError};
+use crate::wire::{Message, MessageCodec, Request, WireError};
 use futures::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -225,6 +226,10 @@ pub async fn run_branch(
     // The initiator takes a first snapshot as soon as it reaches every branch, then one per interval.
     let mut first_snapshot_due = core.is_initiator();
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    // Operators' requests of this step, answered after its commit.
+    let mut questions: Vec<control::Pending> = Vec::new();
+    // Per peer, the last refusal logged (each different one is logged once).
+    let mut refusals: Vec<Option<String>> = vec![None; n];
 
     loop {
         let stopping = stop_at.is_some();
@@ -255,13 +260,22 @@ pub async fn run_branch(
             _ = std::future::ready(()), if work_ready => {}
             _ = tokio::time::sleep(Duration::from_millis(2)), if full_speed && !can_transfer && !stopping => {}
             ev = inbox.recv() => match ev {
-                Some(ev) => handle_event(&mut core, ev, &inbound, &cfg.hosts, &mut console, &store)?,
+                Some(ev) => handle_event(&mut core, ev, &inbound, &cfg.hosts, &mut console, &store, &mut questions, &mut refusals)?,
                 None => break,
             },
         }
         for _ in 0..EVENTS_PER_STEP_MAX {
             match inbox.try_recv() {
-                Ok(ev) => handle_event(&mut core, ev, &inbound, &cfg.hosts, &mut console, &store)?,
+                Ok(ev) => handle_event(
+                    &mut core,
+                    ev,
+                    &inbound,
+                    &cfg.hosts,
+                    &mut console,
+                    &store,
+                    &mut questions,
+                    &mut refusals,
+                )?,
                 Err(_) => break,
             }
         }
@@ -289,6 +303,7 @@ pub async fn run_branch(
                     duration_us,
                     total,
                     expected,
+                    ..
                 } => Some((*snapshot, *duration_us, *total, *expected)),
                 _ => None,
             })
@@ -298,6 +313,12 @@ pub async fn run_branch(
         )?;
         for (k, us, total, expected) in completed {
             console.completed(k, us, total, expected);
+        }
+        // Operators' questions are answered from committed state only: what a crash now would
+        // leave (their events arrived during the step, before its commit).
+        for p in questions.drain(..) {
+            let up = inbound_up(&inbound);
+            console.handle(&mut core, &store, p, up, &cfg.hosts, now_us());
         }
         if let Some(t) = stats.after_step(core.state()) {
             info!(
@@ -357,7 +378,18 @@ fn paced_transfers(
 /// How far a paced branch may fall behind its schedule before it forgets the backlog.
 const PACE_BACKLOG_MAX: Duration = Duration::from_millis(50);
 
+/// The peers whose inbound connection to this branch is up.
+fn inbound_up(inbound: &InboundWriters) -> Vec<BranchId> {
+    let w = inbound.lock().unwrap_or_else(|p| p.into_inner());
+    (0..w.len())
+        .filter(|i| w[*i].is_some())
+        .map(|i| BranchId(i as u16))
+        .collect()
+}
+
 /// Feeds one event to the core and carries out the remedy the core names for a peer's fault.
+/// Operators' requests that only read are put in `questions`, to be answered after the commit.
+#[allow(clippy::too_many_arguments)]
 fn handle_event(
     core: &mut Branch,
     ev: Event,
@@ -365,48 +397,59 @@ fn handle_event(
     hosts: &HostList,
     console: &mut control::Console,
     store: &SledStore,
+    questions: &mut Vec<control::Pending>,
+    refusals: &mut [Option<String>],
 ) -> Result<(), NodeError> {
     match ev {
         Event::Message { from, msg } => {
             let inbound_msg = !matches!(msg, Message::Ack { .. });
             if let Err(e) = core.on_message(from, msg, now_us()) {
                 let peer = hosts.addr(from);
-                match e.remedy() {
-                    Remedy::Stop => {
+                let name = |b: BranchId| hosts.addr(b).to_string();
+                match (e.remedy(), &e) {
+                    (Remedy::Stop, ProtocolError::SelfBehind(b)) => {
                         return Err(NodeError::StoreBehind(format!(
-                            "peer {peer} {e}; this branch's store is behind what the cluster saw (lost, replaced or rolled back); stop the cluster and run `snapctl restore`"
+                            "this branch's store is behind the cluster (rolled back, replaced, or it lost writes it had acknowledged): {}; it stops, as carrying on would create or destroy money. Stop the cluster and run `snapctl restore --snapshot K` with a completed snapshot K (`snapctl snapshots` lists them)",
+                            b.describe(&name)
                         )))
                     }
-                    Remedy::Reconnect if inbound_msg => {
+                    (_, ProtocolError::PeerBehind(b)) => {
+                        let line = format!(
+                            "refusing {peer}: {}; {peer} must stop and the cluster be restored (`snapctl restore`)",
+                            b.describe(&name)
+                        );
+                        if refusals[from.index()].as_deref() != Some(line.as_str()) {
+                            error!("{line}");
+                            refusals[from.index()] = Some(line);
+                        }
+                    }
+                    (Remedy::Reconnect, _) if inbound_msg => {
                         warn!("protocol error from {peer}: {e}; message refused, reconnecting to resend in order");
                         // Dropping the ack writer ends that connection; the peer redials.
                         let mut w = inbound.lock().unwrap_or_else(|p| p.into_inner());
                         w[from.index()] = None;
                     }
-                    Remedy::Reconnect => {
-                        error!("protocol error from {peer}: {e}; message ignored")
-                    }
+                    _ => error!("protocol error from {peer}: {e}; message ignored"),
                 }
             }
         }
         Event::LinkUp { peer, epoch } => core.on_link_up(peer, epoch),
         Event::LinkDown { peer } => core.on_link_down(peer),
-        Event::InboundUp { peer } => core.on_inbound_up(peer),
-        Event::Control(p) => {
-            let up: Vec<BranchId> = {
-                let w = inbound.lock().unwrap_or_else(|p| p.into_inner());
-                (0..w.len())
-                    .filter(|i| w[*i].is_some())
-                    .map(|i| BranchId(i as u16))
-                    .collect()
-            };
-            console.handle(core, store, p, up, hosts, now_us());
+        Event::InboundUp { peer } => {
+            refusals[peer.index()] = None;
+            core.on_inbound_up(peer)
         }
+        // A snapshot request is an input to this step; everything else only reads.
+        Event::Control(p) if matches!(p.req, Request::Snapshot) => {
+            console.handle(core, store, p, inbound_up(inbound), hosts, now_us())
+        }
+        Event::Control(p) => questions.push(p),
     }
     Ok(())
 }
 
-/// The one place the durability rule is enforced: persist, then send, then log.
+/// Carries out a step's [`Ready`] through [`ready::apply_ready`] (persist, then send), then
+/// logs its notices.
 fn commit_then_send(
     store: &mut SledStore,
     ready: Ready,
@@ -416,16 +459,16 @@ fn commit_then_send(
     stats: &mut Stats,
     metrics: &Metrics,
 ) -> Result<(), StoreError> {
-    if !ready.persist.is_empty() {
-        let began = std::time::Instant::now();
-        tokio::task::block_in_place(|| store.commit(&ready.persist))?;
-        let took = began.elapsed();
-        stats.commit_took(took);
-        metrics.commit_took(took);
-    }
-    if !ready.send.is_empty() {
-        let acks = inbound.lock().unwrap_or_else(|p| p.into_inner());
-        for out in ready.send {
+    let acks = if ready.send.is_empty() {
+        None
+    } else {
+        Some(inbound.clone())
+    };
+    let applied = tokio::task::block_in_place(|| {
+        let mut acks = acks
+            .as_ref()
+            .map(|a| a.lock().unwrap_or_else(|p| p.into_inner()));
+        ready::apply_ready(store, ready, &mut |out| {
             match out.link {
                 Link::Out { epoch } => {
                     if let Some(tx) = &out_links[out.to.index()] {
@@ -433,28 +476,42 @@ fn commit_then_send(
                     }
                 }
                 Link::In => {
-                    if let Some((_, tx)) = &acks[out.to.index()] {
+                    if let Some((_, tx)) = acks.as_mut().and_then(|a| a[out.to.index()].as_ref()) {
                         tx.send_replace(Some(out.msg));
                     }
                 }
             }
-        }
+            std::ops::ControlFlow::Continue(())
+        })
+    })?;
+    if let Some(took) = applied.commit_took {
+        stats.commit_took(took);
+        metrics.commit_took(took);
     }
-    for notice in ready.notices {
+    for notice in applied.notices {
         match notice {
             Notice::SnapshotComplete {
                 snapshot,
                 duration_us,
                 total,
                 expected,
+                unconserved_since,
             } => {
                 stats.snapshot_completed(snapshot.0, duration_us);
-                metrics.snapshot_completed(duration_us);
+                metrics.snapshot_completed(
+                    duration_us,
+                    total == expected as u128,
+                    unconserved_since,
+                );
                 let ms = duration_us as f64 / 1000.0;
-                if total == expected as u128 {
-                    info!("snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected})");
-                } else {
-                    error!("snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected}): MONEY NOT CONSERVED");
+                match unconserved_since {
+                    None => info!("snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected})"),
+                    Some(first) if total != expected as u128 => error!(
+                        "snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected}): MONEY NOT CONSERVED (first at snapshot {first}); compaction and pruning have stopped, keeping the last conserving snapshot and all after it: stop the cluster, run `snapctl audit`, then `snapctl restore`"
+                    ),
+                    Some(first) => error!(
+                        "snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected}), but snapshot {first} did not conserve money; compaction and pruning stay stopped: stop the cluster, run `snapctl audit`, then `snapctl restore`"
+                    ),
                 }
             }
             Notice::SnapshotStarted(k) => debug!("snapshot {k} started"),
@@ -679,6 +736,7 @@ fn kind(m: &Message) -> &'static str {
         Message::Part(_) => "Part",
         Message::Ack { .. } => "Ack",
         Message::Compact { .. } => "Compact",
+        Message::Position(_) => "Position",
         Message::Request(_) => "Request",
         Message::Reply(_) => "Reply",
     }
@@ -984,7 +1042,7 @@ async fn inbound_conn(
                 Err(_) => break "replaced by a newer connection".to_string(),
             },
             f = stream.next() => match f {
-                Some(Ok(msg @ (Message::Transfers { .. } | Message::Marker { .. } | Message::Part(_) | Message::Compact { .. }))) => {
+                Some(Ok(msg @ (Message::Position(_) | Message::Transfers { .. } | Message::Marker { .. } | Message::Part(_) | Message::Compact { .. }))) => {
                     if inbox.send(Event::Message { from: peer, msg }).await.is_err() {
                         return;
                     }

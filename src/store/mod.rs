@@ -179,6 +179,17 @@ impl MemStore {
         BankStore::with_kv(MemKv::default(), PathBuf::from("<memory>"), Some(identity))
             .expect("a fresh in-memory store opens")
     }
+
+    /// The store's contents as they are now (the simulator keeps copies of earlier moments to
+    /// put a store back in time, as a disk that lied or a backup put back would).
+    pub fn contents(&self) -> &MemKv {
+        &self.kv
+    }
+
+    /// Opens the store `kv` holds, as a branch restarting on it would.
+    pub fn reopen_mem(kv: MemKv) -> Result<MemStore, StoreError> {
+        BankStore::with_kv(kv, PathBuf::from("<memory>"), None)
+    }
 }
 
 fn kv_err(path: &Path, e: KvError) -> StoreError {
