@@ -384,7 +384,7 @@ impl Behind {
             ),
         };
         format!(
-            "the store of {} is behind the cluster on channel {from} -> {to}: {what}",
+            "{}: store is behind the cluster on channel {from} -> {to}: {what}",
             name(self.branch())
         )
     }

@@ -1141,3 +1141,77 @@ fn random_schedules_conserve_money_and_complete_every_snapshot() {
         random_schedule(seed, 3000);
     }
 }
+
+// ---- a snapshot that does not conserve money ----------------------------------------------
+
+#[test]
+fn a_snapshot_that_does_not_conserve_money_stops_compaction_and_pruning_for_good() {
+    let mut s = Sim::with(3, |c| c.snapshots_kept = 1);
+    s.heal();
+    s.deliver_all();
+    s.transfer(1, 2, 5);
+    s.tick_snapshot();
+    s.deliver_all();
+    assert_eq!(s.cores[0].state().history_from, SnapshotId(1));
+    // Snapshot 2: #2's part arrives showing money nobody has (as a store that lied would).
+    s.tick_snapshot();
+    let part_of_2 = |ch: Chan, m: &Message| ch == Chan::data(2, 0) && matches!(m, Message::Part(_));
+    s.deliver_all_but(part_of_2);
+    let Some(Message::Part(mut part)) = s.queue(Chan::data(2, 0)).pop_front() else {
+        panic!("#2's part of snapshot 2 is next");
+    };
+    part.balance += 7;
+    let (res, ready) = s.run(0, |c, now| c.on_message(b(2), Message::Part(part), now));
+    assert_eq!(res, Ok(()));
+    let completions: Vec<(SnapshotId, Option<SnapshotId>)> = ready
+        .notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::SnapshotComplete {
+                snapshot,
+                unconserved_since,
+                ..
+            } => Some((*snapshot, *unconserved_since)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completions, vec![(SnapshotId(2), Some(SnapshotId(2)))]);
+    assert!(
+        !ready
+            .send
+            .iter()
+            .any(|o| matches!(o.msg, Message::Compact { .. })),
+        "no compaction after a snapshot that does not conserve money"
+    );
+    assert!(ready.persist.compact.is_empty() && ready.persist.prune_below.is_none());
+    let st = s.cores[0].state();
+    assert_eq!(st.unconserved_since, SnapshotId(2));
+    assert_eq!(
+        st.history_from,
+        SnapshotId(1),
+        "the last conserving snapshot starts the history"
+    );
+    // Later snapshots conserve again, but nothing is compacted or pruned and each says so.
+    s.deliver_all();
+    s.tick_snapshot();
+    s.deliver_all();
+    let last = s.notices.iter().rev().find_map(|(_, n)| match n {
+        Notice::SnapshotComplete {
+            snapshot,
+            total,
+            expected,
+            unconserved_since,
+            ..
+        } => Some((*snapshot, *total == *expected as u128, *unconserved_since)),
+        _ => None,
+    });
+    assert_eq!(last, Some((SnapshotId(3), true, Some(SnapshotId(2)))));
+    let ids: Vec<u64> = s.globals().iter().map(|g| g.snapshot.0).collect();
+    assert_eq!(
+        ids,
+        vec![1, 2, 3],
+        "the last conserving snapshot and all after it are kept"
+    );
+    assert_eq!(s.cores[0].state().history_from, SnapshotId(1));
+    assert_eq!(s.cores[1].state().history_from, SnapshotId(1));
+}

@@ -122,6 +122,14 @@ enum Event {
     InboundUp {
         peer: BranchId,
     },
+    /// A sender's `Position`, read on inbound connection `conn`. Checked only if `conn` is the
+    /// peer's current connection: an old connection's reader may still hand one over after a
+    /// newer connection's transfers were applied, and against those its counters look behind.
+    Position {
+        from: BranchId,
+        conn: u64,
+        msg: Message,
+    },
     /// An operator's request (`snapctl status`, `snapctl snapshot`).
     Control(control::Pending),
 }
@@ -400,7 +408,25 @@ fn handle_event(
     questions: &mut Vec<control::Pending>,
     refusals: &mut [Option<String>],
 ) -> Result<(), NodeError> {
+    let ev = match ev {
+        Event::Position { from, conn, msg } => {
+            let current = {
+                let w = inbound.lock().unwrap_or_else(|p| p.into_inner());
+                matches!(&w[from.index()], Some((id, _)) if *id == conn)
+            };
+            if !current {
+                debug!(
+                    "position from an old connection of {} ignored",
+                    hosts.addr(from)
+                );
+                return Ok(());
+            }
+            Event::Message { from, msg }
+        }
+        ev => ev,
+    };
     match ev {
+        Event::Position { .. } => {}
         Event::Message { from, msg } => {
             let inbound_msg = !matches!(msg, Message::Ack { .. });
             if let Err(e) = core.on_message(from, msg, now_us()) {
@@ -409,7 +435,7 @@ fn handle_event(
                 match (e.remedy(), &e) {
                     (Remedy::Stop, ProtocolError::SelfBehind(b)) => {
                         return Err(NodeError::StoreBehind(format!(
-                            "this branch's store is behind the cluster (rolled back, replaced, or it lost writes it had acknowledged): {}; it stops, as carrying on would create or destroy money. Stop the cluster and run `snapctl restore --snapshot K` with a completed snapshot K (`snapctl snapshots` lists them)",
+                            "{}; this branch stops, as carrying on would create or destroy money (its store was rolled back, replaced, or lost writes it had acknowledged). Stop the cluster and run `snapctl restore --snapshot K` with a completed snapshot K (`snapctl snapshots` lists them)",
                             b.describe(&name)
                         )))
                     }
@@ -1042,7 +1068,12 @@ async fn inbound_conn(
                 Err(_) => break "replaced by a newer connection".to_string(),
             },
             f = stream.next() => match f {
-                Some(Ok(msg @ (Message::Position(_) | Message::Transfers { .. } | Message::Marker { .. } | Message::Part(_) | Message::Compact { .. }))) => {
+                Some(Ok(msg @ Message::Position(_))) => {
+                    if inbox.send(Event::Position { from: peer, conn: conn_id, msg }).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(msg @ (Message::Transfers { .. } | Message::Marker { .. } | Message::Part(_) | Message::Compact { .. }))) => {
                     if inbox.send(Event::Message { from: peer, msg }).await.is_err() {
                         return;
                     }
