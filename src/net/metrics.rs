@@ -281,7 +281,7 @@ impl Metrics {
         let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register_with_unit(
             "store_commit_duration",
-            "Time a step's writes took to become durable in the store (one atomic batch plus flush)",
+            "Time a step's writes took to become durable on stable storage (one atomic batch, flush and fdatasync of the store's log: survives a power cut)",
             Unit::Seconds,
             commit_duration.clone(),
         );
