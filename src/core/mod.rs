@@ -257,6 +257,12 @@ pub enum Notice {
     SnapshotDeferred {
         live: usize,
     },
+    /// The initiator did not start a snapshot: since it started, `unverified` peers have not yet
+    /// told it where they stand (their first acknowledgement), so its store could still be
+    /// behind and reuse a snapshot id they have seen.
+    SnapshotHeld {
+        unverified: usize,
+    },
     PartRecorded(SnapshotId),
     SnapshotComplete {
         snapshot: SnapshotId,
@@ -438,6 +444,11 @@ pub struct Branch {
     /// Per peer: its current inbound connection is refused (its store is behind); nothing it
     /// sends there is taken until it connects again.
     refused_in: Vec<bool>,
+    /// Per peer: an acknowledgement from it arrived since this core was built from its store and
+    /// agreed with the store. Until then no new transfer goes to it (a store put back in time
+    /// would reuse sequence numbers the peer already applied, even while the peer is out of
+    /// reach), and the initiator starts no snapshot.
+    verified: Vec<bool>,
     /// Per peer: an acknowledgement should be sent at the end of this step.
     ack_due: Vec<bool>,
     /// Per peer: index into `ready.send` of a `Transfers` message still open for appending.
@@ -497,6 +508,7 @@ impl Branch {
             out_link: vec![None; n],
             link_pending: vec![None; n],
             refused_in: vec![false; n],
+            verified: vec![false; n],
             ack_due: vec![false; n],
             open_run: vec![None; n],
             rng,
@@ -617,6 +629,15 @@ impl Branch {
         self.state.next_snapshot.0 - 1 - self.state.completed.0
     }
 
+    /// Whether `peer` acknowledged (and agreed with this store) since this core was built.
+    fn position_known(&self, peer: BranchId) -> bool {
+        #[cfg(test)]
+        if self.has_bug(InjectedBug::NoPositionCheck) {
+            return true;
+        }
+        self.verified[peer.index()]
+    }
+
     // ---- inputs ----------------------------------------------------------------------------
 
     /// Makes one random transfer if the balance and the channels allow. Returns whether it did.
@@ -631,7 +652,10 @@ impl Branch {
                 let k = ((start + i) % peers) as u16;
                 BranchId(if k >= self.cfg.me.0 { k + 1 } else { k })
             })
-            .find(|p| self.unacked[p.index()].len() < self.cfg.unacked_per_channel_max);
+            .find(|p| {
+                self.position_known(*p)
+                    && self.unacked[p.index()].len() < self.cfg.unacked_per_channel_max
+            });
         let Some(to) = to else {
             return false;
         };
@@ -644,6 +668,15 @@ impl Branch {
     /// Initiator timer: start the next snapshot (unless too many are in flight).
     pub fn on_snapshot_tick(&mut self, now: Micros) {
         if !self.is_initiator() {
+            return;
+        }
+        let unverified = self
+            .cfg
+            .peers()
+            .filter(|p| !self.position_known(*p))
+            .count();
+        if unverified > 0 {
+            self.ready.notices.push(Notice::SnapshotHeld { unverified });
             return;
         }
         let live = self.snapshots_pending() as usize;
@@ -988,6 +1021,7 @@ impl Branch {
             }
             self.dirty = true;
         }
+        self.verified[p] = true;
         if let Some(epoch) = self.link_pending[p] {
             self.open_link(from, epoch);
         }

@@ -802,6 +802,10 @@ fn transfer_tick_never_overdraws_and_stops_at_zero_balance() {
         c.initial_balance = 50;
         c.max_amount = 1000;
     });
+    // No transfer goes to a peer before it said where it stands.
+    assert!(!s.tick_transfer(1), "no position known yet: no transfer");
+    s.connect(1, 0);
+    s.disconnect(1, 0);
     for made in 0.. {
         assert!(made <= 50);
         let before = s.cores[1].balance();

@@ -545,6 +545,9 @@ fn commit_then_send(
                 metrics.part_recorded();
                 debug!("branch {my_addr}: part of snapshot {k} recorded")
             }
+            Notice::SnapshotHeld { unverified } => {
+                debug!("snapshot held: {unverified} peers have not acknowledged since the start")
+            }
             Notice::SnapshotDeferred { live } => {
                 warn!("snapshot deferred: {live} snapshots still in flight")
             }
