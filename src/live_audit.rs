@@ -13,7 +13,9 @@
 //! consistent, and an audit that could check no channel and no ledger is not consistent: it
 //! says why.
 
-use crate::check::{self, BranchView, Counts, LogRange, LogSource, View, Violation, ViolationKind};
+use crate::check::{
+    self, BranchView, Counts, Findings, LogRange, LogSource, View, Violation, ViolationKind,
+};
 use crate::net::control::{ask, ControlError, Operator};
 use crate::snapshot::{GlobalSnapshot, LocalPart};
 use crate::store::StoreError;
@@ -139,7 +141,6 @@ async fn audit_once(
         }
         globals.push(latest);
     }
-    let ids: Vec<SnapshotId> = globals.iter().map(|g| g.snapshot).collect();
 
     // Each branch's own parts and what it pruned, in as few answers as fit a frame.
     let mut parts: Vec<Vec<LocalPart>> = vec![Vec::new(); n];
@@ -202,32 +203,39 @@ async fn audit_once(
     }
     let found =
         check::check(&view, &Reported(sums)).map_err(|e| LiveAuditError::Answer(e.to_string()))?;
+    Ok(verdict(found, &globals, names))
+}
+
+/// The report of what the checker found in `globals`: consistent only if it found no violation
+/// and checked something against the logs (else it says why not).
+fn verdict(found: Findings, globals: &[GlobalSnapshot], branches: Vec<String>) -> LiveReport {
     let c = found.counts;
+    let ids: Vec<u64> = globals.iter().map(|g| g.snapshot.0).collect();
     let nothing_checked = if globals.is_empty() {
         Some("the initiator holds no completed snapshot yet".to_string())
     } else if c.channels_checked + c.ledgers_checked == 0 {
         Some(format!(
             "no channel record and no ledger of snapshots {}..={} could be checked against the senders' logs: {} channel records and {} ledger steps were compacted (a newer snapshot completed during the audit?)",
-            ids.first().map_or(0, |k| k.0),
-            ids.last().map_or(0, |k| k.0),
+            ids.first().copied().unwrap_or_default(),
+            ids.last().copied().unwrap_or_default(),
             c.channels_compacted,
             c.ledgers_compacted
         ))
     } else {
         None
     };
-    Ok(LiveReport {
+    LiveReport {
         consistent: found.consistent() && nothing_checked.is_none(),
-        snapshots: ids.iter().map(|k| k.0).collect(),
+        snapshots: ids,
         expected_total: globals.first().map_or(0, |g| g.expected_total as u128),
         checked: c,
         nothing_checked,
         attempts: 1,
-        branches: names.clone(),
+        branches,
         violations: found.strings(),
         violation_counts: found.counts_by_kind(),
         violations_typed: found.violations,
-    })
+    }
 }
 
 /// The snapshot ids of `globals` to ask branch `b` about, in requests whose answers fit a
@@ -252,4 +260,198 @@ fn part_chunks(globals: &[GlobalSnapshot], b: usize) -> Vec<Vec<SnapshotId>> {
         }
     }
     chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::testbank::{identity, TestBank, INITIAL};
+    use crate::check::StoreLogs;
+    use crate::core::DurableState;
+    use crate::store::{MemKv, MemStore};
+
+    const N: usize = 3;
+
+    struct Fixture {
+        bank: TestBank<MemKv>,
+        states: Vec<DurableState>,
+        parts: Vec<Vec<LocalPart>>,
+        globals: Vec<GlobalSnapshot>,
+        names: Vec<String>,
+    }
+
+    fn fixture() -> Fixture {
+        let stores = (0..N)
+            .map(|me| MemStore::new_mem(&identity(N, me)))
+            .collect();
+        let mut bank = TestBank::new(stores, 3, 23);
+        bank.run(1200);
+        Fixture {
+            states: bank
+                .stores
+                .iter()
+                .map(|s| s.state().expect("state").expect("committed"))
+                .collect(),
+            parts: bank.parts(),
+            globals: bank.globals(),
+            names: (0..N).map(|b| format!("10.0.0.{b}:1")).collect(),
+            bank,
+        }
+    }
+
+    /// What the live audit sees: no states; parts and what was pruned as the branches report.
+    fn view(f: &Fixture) -> View<'_> {
+        View {
+            names: &f.names,
+            initial_balance: INITIAL,
+            globals: &f.globals,
+            branches: (0..N)
+                .map(|b| BranchView {
+                    state: None,
+                    parts: &f.parts[b],
+                    pruned_below: f.states[b].pruned_below,
+                    history_from: f.states[b].history_from,
+                })
+                .collect(),
+        }
+    }
+
+    /// The senders' answers to every planned range, as their stores give them.
+    fn answers(f: &Fixture) -> BTreeMap<LogRange, RangeSum> {
+        let v = view(f);
+        let stores: Vec<&MemStore> = f.bank.stores.iter().collect();
+        let states: Vec<&DurableState> = f.states.iter().collect();
+        let planned = check::plan(&v);
+        let logs = StoreLogs::build(&stores, &states, &planned).expect("index");
+        planned
+            .into_iter()
+            .map(|r| (r, logs.range(r).expect("range")))
+            .collect()
+    }
+
+    fn live(f: &Fixture, sums: BTreeMap<LogRange, RangeSum>) -> LiveReport {
+        let found = check::check(&view(f), &Reported(sums)).expect("check");
+        verdict(found, &f.globals, f.names.clone())
+    }
+
+    #[test]
+    fn answered_by_the_branches_the_latest_snapshots_are_checked_and_consistent() {
+        let f = fixture();
+        let r = live(&f, answers(&f));
+        assert!(r.consistent, "{r:#?}");
+        assert!(r.nothing_checked.is_none());
+        assert!(r.checked.channels_checked >= N * (N - 1), "{r:#?}");
+        assert_eq!(r.checked.parts_checked, N * f.globals.len());
+        assert_eq!(r.snapshots.len(), f.globals.len());
+    }
+
+    #[test]
+    fn a_live_audit_that_checked_nothing_is_not_consistent_and_says_why() {
+        let f = fixture();
+        // Every log moved on (a newer snapshot compacted them all): each range is answered as
+        // not whole and below the channel's new `compacted`.
+        let moved: BTreeMap<LogRange, RangeSum> = answers(&f)
+            .into_keys()
+            .map(|r| {
+                let gone = RangeSum {
+                    count: 0,
+                    money: 0,
+                    whole: false,
+                    compacted: Seq(r.upto.0 + 1),
+                };
+                (r, gone)
+            })
+            .collect();
+        let r = live(&f, moved);
+        assert!(!r.consistent, "{r:#?}");
+        assert!(r.violations.is_empty(), "compacted is not a violation");
+        assert_eq!(r.checked.channels_checked + r.checked.ledgers_checked, 0);
+        let why = r.nothing_checked.expect("says why");
+        assert!(
+            why.contains("could be checked") && why.contains("compacted"),
+            "{why}"
+        );
+        // No snapshot at all is not consistent either.
+        let none = verdict(Findings::default(), &[], f.names.clone());
+        assert!(!none.consistent);
+        assert!(none
+            .nothing_checked
+            .is_some_and(|w| w.contains("no completed snapshot")));
+    }
+
+    #[test]
+    fn missing_is_told_from_compacted_and_pruned() {
+        let f = fixture();
+        let latest = f.globals.last().expect("a snapshot").clone();
+        // The latest snapshot's channel ranges answered as not whole though the sender has not
+        // compacted that far: missing.
+        let lost: BTreeMap<LogRange, RangeSum> = answers(&f)
+            .into_iter()
+            .map(|(r, s)| {
+                let record = latest.parts[r.to.index()]
+                    .channel_from(r.from)
+                    .filter(|c| (c.applied_at_record, c.until) == (r.after, r.upto));
+                if record.is_some() {
+                    let gone = RangeSum {
+                        whole: false,
+                        count: 0,
+                        money: 0,
+                        ..s
+                    };
+                    (r, gone)
+                } else {
+                    (r, s)
+                }
+            })
+            .collect();
+        let r = live(&f, lost);
+        assert!(!r.consistent);
+        assert!(
+            r.violations_typed
+                .iter()
+                .any(|v| v.kind == ViolationKind::HistoryMissing
+                    && v.snapshot == Some(latest.snapshot)),
+            "{r:#?}"
+        );
+        // A part a branch does not report: missing unless below what it pruned.
+        let mut g = f;
+        g.parts[1].retain(|p| p.snapshot != latest.snapshot);
+        let sums = answers(&g);
+        let r = live(&g, sums);
+        assert_eq!(
+            r.violation_counts,
+            BTreeMap::from([(ViolationKind::MissingPart, 1)]),
+            "{r:#?}"
+        );
+        g.states[1].pruned_below = SnapshotId(latest.snapshot.0 + 1);
+        let sums = answers(&g);
+        let r = live(&g, sums);
+        assert!(r.consistent, "{r:#?}");
+        assert_eq!(r.checked.parts_pruned, 1);
+    }
+
+    #[test]
+    fn parts_are_asked_in_chunks_that_fit_a_frame() {
+        let f = fixture();
+        let chunks = part_chunks(&f.globals, 1);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].len(), f.globals.len());
+        // Many large parts: split, none over the budget, none left out.
+        let mut big = f.globals[0].clone();
+        let ch = big.parts[1].channels[0].clone();
+        big.parts[1].channels = vec![ch; 2_000];
+        let many: Vec<GlobalSnapshot> = (1..=40)
+            .map(|k| GlobalSnapshot {
+                snapshot: SnapshotId(k),
+                ..big.clone()
+            })
+            .collect();
+        let chunks = part_chunks(&many, 1);
+        assert!(chunks.len() > 1);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 40);
+        let one = Message::Reply(Reply::Part(Some(big.parts[1].clone())))
+            .encode()
+            .len();
+        assert!(chunks.iter().all(|c| c.len() * one <= ANSWER_BUDGET));
+    }
 }
