@@ -1267,6 +1267,43 @@ mod tests {
     }
 
     #[test]
+    fn after_every_step_of_a_running_bank_the_durable_state_is_consistent() {
+        // As the simulator calls it: each branch's durable state, store and parts, and the
+        // initiator's globals, after every step; nothing is reported mid-run.
+        let n = 4;
+        let stores = (0..n)
+            .map(|me| MemStore::new_mem(&identity(n, me)))
+            .collect();
+        let mut bank = TestBank::new(stores, 2, 3);
+        let mut checked = 0;
+        for step in 0..1200 {
+            bank.run(1);
+            let states: Vec<DurableState> = bank
+                .stores
+                .iter()
+                .map(|s| {
+                    s.state()
+                        .expect("state")
+                        .unwrap_or_else(|| DurableState::genesis(n, INITIAL))
+                })
+                .collect();
+            let parts = bank.parts();
+            let globals = bank.globals();
+            let branches: Vec<StoredBranch<'_, MemKv>> = (0..n)
+                .map(|b| StoredBranch {
+                    store: &bank.stores[b],
+                    state: &states[b],
+                    parts: &parts[b],
+                })
+                .collect();
+            let f = check_stored(&branches, &globals).expect("check");
+            assert!(f.consistent(), "step {step}: {:#?}", f.violations);
+            checked += f.counts.channels_checked;
+        }
+        assert!(bank.globals().len() == 2 && checked > 0);
+    }
+
+    #[test]
     fn a_corrupted_channel_record_in_the_latest_kept_snapshot_is_reported() {
         let mut bank = bank();
         let mut g = bank.globals().pop().expect("a snapshot");
