@@ -1,26 +1,20 @@
-//! Global consistency checks over the stores of a stopped cluster (`snapctl audit`).
+//! `snapctl audit`: the consistency of a stopped cluster, from its stores.
 //!
-//! Checks, each violation naming the branch, channel or snapshot:
-//! - every store belongs to the same cluster, in the right directory;
-//! - **ledger**: each branch's balance follows from its transfers: the balance recorded in snapshot
-//!   `k` equals the one of snapshot `k-1` (or the initial balance) plus what it received minus what
-//!   it sent in between, and likewise from the last snapshot to the current state;
-//! - **snapshots**: every completed global snapshot the initiator keeps is present at every branch
-//!   that has not pruned it, equal to what the initiator kept, conserves money, and each channel's
-//!   recorded money is exactly the transfers with sequence numbers in `(receiver's recorded
-//!   watermark, sender's recorded seq]`;
-//! - channels and ledgers are checked from `history_from` on: the snapshot compaction (or a
-//!   restore) started the transfer logs at; older snapshots by presence, equality and totals;
-//! - **current state**: no receiver applied more than its sender sent (nothing applied twice), no
-//!   sender counts as acknowledged what its receiver did not apply (nothing lost), the transfer log
-//!   holds every transfer not yet acknowledged, and Σ balances + Σ transfers not yet applied = the
-//!   genesis total.
+//! Opens every branch's store (each must belong to the same cluster, in the right directory)
+//! and runs the one checker ([`crate::check`]) over them: every completed snapshot the initiator
+//! keeps (shape, totals, each branch's own copy of its part), each snapshot's channel records
+//! against the senders' logs, each branch's ledger from genesis to the first kept snapshot,
+//! snapshot to snapshot and on to now, and the current state (nothing applied twice, nothing
+//! lost, Σ balances + Σ transfers not yet applied = the genesis total). What compaction dropped
+//! is counted as compacted, never as checked; what the logs must still hold and do not is a
+//! violation. So the latest kept snapshot's channels and the ledger from it to now are always
+//! checked against the logs.
 
+use crate::check::{check_stored, Counts, StoredBranch, Violation, ViolationKind};
 use crate::core::DurableState;
 use crate::hosts::HostList;
 use crate::snapshot::{GlobalSnapshot, LocalPart};
-use crate::store::{branch_dir, Identity, LogSum, SledStore, StoreError};
-use crate::types::{BranchId, Seq};
+use crate::store::{branch_dir, Identity, SledKv, SledStore, StoreError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,7 +54,17 @@ pub struct AuditReport {
     pub snapshots_pending: u64,
     /// Transfers applied by their receivers, in all.
     pub transfers: u64,
+    /// Each violation as one line naming branch, channel or snapshot.
     pub violations: Vec<String>,
+    /// The same violations, typed: kind, snapshot, branch, channel `[from, to]` (branch
+    /// indices, as in `branches`), detail.
+    pub violations_typed: Vec<Violation>,
+    /// How many violations of each kind (kinds with none left out).
+    pub violation_counts: BTreeMap<ViolationKind, usize>,
+    /// How many parts, channel records and ledger steps were checked, and how many of them
+    /// compaction or pruning put out of reach.
+    #[serde(flatten)]
+    pub checked: Counts,
     pub branches: Vec<BranchReport>,
 }
 
@@ -195,22 +199,9 @@ pub fn audit(data_dir: &Path, hosts: Option<&HostList>) -> Result<AuditReport, A
     audit_cluster(&cluster)
 }
 
-/// Where a branch's ledger stands: money it holds (at a snapshot: balance plus what was in flight
-/// towards it) and the channel positions that corresponds to.
-#[derive(Clone)]
-struct LedgerPoint {
-    balance: u128,
-    /// Per peer: last seq sent to it.
-    sent: Vec<Seq>,
-    /// Per peer: last seq applied from it.
-    applied: Vec<Seq>,
-}
-
 pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
     let n = c.stores.len();
     let id = &c.identity;
-    let expected = id.genesis_total() as u128;
-    let mut v: Vec<String> = Vec::new();
     let states: Vec<DurableState> = c
         .stores
         .iter()
@@ -219,278 +210,52 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
                 .unwrap_or_else(|| DurableState::genesis(n, id.initial_balance)))
         })
         .collect::<Result<_, StoreError>>()?;
-    let name = |b: usize| c.names[b].as_str();
-
-    // Ledger base: genesis.
-    let mut base: Vec<LedgerPoint> = (0..n)
-        .map(|_| LedgerPoint {
-            balance: id.initial_balance as u128,
-            sent: vec![Seq(0); n],
-            applied: vec![Seq(0); n],
-        })
-        .collect();
-
-    // Snapshots.
     let globals: Vec<GlobalSnapshot> = c.initiator().globals()?;
-    let parts: Vec<BTreeMap<u64, LocalPart>> = c
+    let parts: Vec<Vec<LocalPart>> = c
         .stores
         .iter()
-        .map(|s| Ok(s.parts()?.into_iter().map(|p| (p.snapshot.0, p)).collect()))
+        .map(|s| s.parts())
         .collect::<Result<_, StoreError>>()?;
-    // Compaction (and stores rebuilt by `snapctl restore`) keep history only from a snapshot
-    // on: older snapshots are checked for presence and totals, not against transfer logs.
-    let history_from = states
+    let branches: Vec<StoredBranch<'_, SledKv>> = (0..n)
+        .map(|b| StoredBranch {
+            store: &c.stores[b],
+            state: &states[b],
+            parts: &parts[b],
+        })
+        .collect();
+    let found = check_stored(&branches, &globals)?;
+    let current = found.current.clone().unwrap_or_default();
+    let report_branches = current
+        .branches
         .iter()
-        .map(|s| s.history_from)
-        .max()
-        .unwrap_or_default();
-    if history_from.0 > 0 && !globals.iter().any(|g| g.snapshot == history_from) {
-        v.push(format!(
-            "history starts at snapshot {history_from}, which the initiator does not hold"
-        ));
-    }
-    let logs = LogIndex::build(c, &states, &globals)?;
-    for g in &globals {
-        let k = g.snapshot;
-        if g.parts.len() != n {
-            v.push(format!(
-                "snapshot {k}: has {} parts for {n} branches",
-                g.parts.len()
-            ));
-            continue;
-        }
-        for (b, gp) in g.parts.iter().enumerate() {
-            match parts[b].get(&k.0) {
-                // Pruned there: each branch keeps only its latest parts.
-                None if k < states[b].pruned_below => {}
-                None => v.push(format!("snapshot {k}: missing at branch {}", name(b))),
-                Some(p) if p != gp => v.push(format!(
-                    "snapshot {k}: branch {}'s own part differs from the initiator's copy",
-                    name(b)
-                )),
-                Some(_) => {}
-            }
-            if gp.branch.index() != b {
-                v.push(format!(
-                    "snapshot {k}: part {b} is labelled branch {}",
-                    gp.branch
-                ));
-            }
-        }
-        let total: u128 = g.parts.iter().map(|p| p.money()).sum();
-        if total != g.total || total != expected {
-            v.push(format!(
-                "snapshot {k}: total {total} (recorded {}), expected {expected}",
-                g.total
-            ));
-        }
-        // Channels: recorded money = the sender's transfers (receiver's watermark, sender's seq].
-        let logged = k > history_from;
-        for (j, pj) in g.parts.iter().enumerate().filter(|_| logged) {
-            for ch in &pj.channels {
-                let i = ch.from.index();
-                if i >= n || i == j {
-                    v.push(format!(
-                        "snapshot {k}: branch {} records a channel from {}",
-                        name(j),
-                        ch.from
-                    ));
-                    continue;
-                }
-                let chan = format!("{}→{}", name(i), name(j));
-                let sender_seq = g.parts[i].sent_to(BranchId(j as u16));
-                if sender_seq != Some(ch.until) {
-                    v.push(format!(
-                        "snapshot {k}: channel {chan} closed at seq {} but the sender recorded {:?}",
-                        ch.until,
-                        sender_seq.map(|s| s.0)
-                    ));
-                    continue;
-                }
-                if ch.applied_at_record > ch.until {
-                    v.push(format!(
-                        "snapshot {k}: channel {chan}: receiver had applied seq {} beyond the sender's {} (applied twice or invented)",
-                        ch.applied_at_record, ch.until
-                    ));
-                    continue;
-                }
-                let sum = logs.sum(c, i, j, ch.applied_at_record, ch.until)?;
-                if !sum.dense {
-                    v.push(format!(
-                        "snapshot {k}: channel {chan}: sender's log lacks transfers {}..={}",
-                        ch.applied_at_record.0 + 1,
-                        ch.until
-                    ));
-                } else if sum.money != ch.money as u128 || sum.count != ch.count {
-                    v.push(format!(
-                        "snapshot {k}: channel {chan} recorded {} in {} transfers, but seqs {}..={} carry {} in {}",
-                        ch.money, ch.count, ch.applied_at_record.0 + 1, ch.until, sum.money, sum.count
-                    ));
-                }
-            }
-        }
-        // Ledger from the previous snapshot to this one.
-        let mut next = Vec::with_capacity(n);
-        for (b, p) in g.parts.iter().enumerate() {
-            // At a cut, count the money in flight towards the branch as delivered: its ledger
-            // point is then independent of the sender's log below the cut.
-            let point = LedgerPoint {
-                balance: p.money(),
-                sent: (0..n)
-                    .map(|x| p.sent_to(BranchId(x as u16)).unwrap_or(Seq(0)))
-                    .collect(),
-                applied: (0..n)
-                    .map(|x| {
-                        p.channel_from(BranchId(x as u16))
-                            .map(|ch| ch.until)
-                            .unwrap_or(Seq(0))
-                    })
-                    .collect(),
-            };
-            if logged {
-                check_ledger(
-                    c,
-                    &logs,
-                    b,
-                    &base[b],
-                    &point,
-                    &format!("snapshot {k}"),
-                    &mut v,
-                )?;
-            }
-            next.push(point);
-        }
-        base = next;
-    }
-
-    // Current state.
-    let mut current_total: u128 = 0;
-    let mut transfers: u64 = 0;
-    let mut branches = Vec::with_capacity(n);
-    for (i, st) in states.iter().enumerate() {
-        current_total += st.balance as u128;
-        let mut in_flight = 0u64;
-        let mut in_flight_money = 0u128;
-        for (j, receiver) in states.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            let s = st.out[j].sent;
-            let w = receiver.inc[i].applied;
-            let chan = format!("{}→{}", name(i), name(j));
-            if w > s {
-                v.push(format!(
-                    "channel {chan}: receiver applied up to seq {w} but the sender sent only {s} (applied twice or invented)"
-                ));
-                continue;
-            }
-            if st.out[j].acked > w {
-                v.push(format!(
-                    "channel {chan}: sender counts seq {} as acknowledged but the receiver applied only {w} (lost)",
-                    st.out[j].acked
-                ));
-            }
-            let sum = logs.sum(c, i, j, w, s)?;
-            if !sum.dense {
-                v.push(format!(
-                    "channel {chan}: sender's log lacks transfers not yet applied ({}..={s})",
-                    w.0 + 1
-                ));
-            }
-            in_flight += sum.count;
-            in_flight_money += sum.money;
-        }
-        current_total += in_flight_money;
-        let applied: u64 = (0..n)
-            .filter(|&j| j != i)
-            .map(|j| st.inc[j].applied.0)
-            .sum();
-        transfers += applied;
-        let now = LedgerPoint {
-            balance: st.balance as u128,
-            sent: st.out.iter().map(|o| o.sent).collect(),
-            applied: st.inc.iter().map(|x| x.applied).collect(),
-        };
-        check_ledger(c, &logs, i, &base[i], &now, "current state", &mut v)?;
-        branches.push(BranchReport {
-            branch: name(i).to_string(),
-            balance: st.balance,
-            sent: st.out.iter().map(|o| o.sent.0).sum(),
-            applied,
-            in_flight,
-            in_flight_money,
-            snapshot_parts: parts[i].len() as u64,
-        });
-    }
-    if current_total != expected {
-        v.push(format!(
-            "current state: Σ balances + Σ transfers in flight = {current_total}, expected {expected}"
-        ));
-    }
+        .enumerate()
+        .map(|(b, f)| BranchReport {
+            branch: c.names[b].clone(),
+            balance: f.balance,
+            sent: f.sent,
+            applied: f.applied,
+            in_flight: f.in_flight,
+            in_flight_money: f.in_flight_money,
+            snapshot_parts: parts[b].len() as u64,
+        })
+        .collect();
     let init_state = &states[id.initiator().index()];
     let started = init_state.next_snapshot.0.saturating_sub(1);
     Ok(AuditReport {
-        consistent: v.is_empty(),
-        expected_total: expected,
-        current_total,
+        consistent: found.consistent(),
+        expected_total: id.genesis_total() as u128,
+        current_total: current.total,
         snapshots_checked: globals.len(),
         last_snapshot: globals.last().map(|g| g.snapshot.0),
-        history_from: history_from.0,
+        history_from: found.history_from.0,
         snapshots_pending: started.saturating_sub(init_state.completed.0),
-        transfers,
-        violations: v,
-        branches,
+        transfers: current.branches.iter().map(|b| b.applied).sum(),
+        violations: found.strings(),
+        violation_counts: found.counts_by_kind(),
+        checked: found.counts,
+        violations_typed: found.violations,
+        branches: report_branches,
     })
-}
-
-/// Balance at `to` must be the balance at `from` plus money received minus money sent in between.
-fn check_ledger(
-    c: &Cluster,
-    logs: &LogIndex,
-    b: usize,
-    from: &LedgerPoint,
-    to: &LedgerPoint,
-    what: &str,
-    v: &mut Vec<String>,
-) -> Result<(), StoreError> {
-    let n = c.stores.len();
-    let mut balance: i128 = from.balance as i128;
-    for x in 0..n {
-        if x == b {
-            continue;
-        }
-        if to.sent[x] < from.sent[x] || to.applied[x] < from.applied[x] {
-            v.push(format!(
-                "{what}: branch {}'s channel positions with {} went backwards",
-                c.names[b], c.names[x]
-            ));
-            return Ok(());
-        }
-        let out = logs.sum(c, b, x, from.sent[x], to.sent[x])?;
-        let inc = logs.sum(c, x, b, from.applied[x], to.applied[x])?;
-        if !out.dense || !inc.dense {
-            v.push(format!(
-                "{what}: transfer log between {} and {} has gaps; ledger of {} unchecked",
-                c.names[b], c.names[x], c.names[b]
-            ));
-            return Ok(());
-        }
-        balance += inc.money as i128 - out.money as i128;
-    }
-    if balance != to.balance as i128 {
-        v.push(format!(
-            "{what}: branch {} holds {}, but its transfers give {balance} ({} by {})",
-            c.names[b],
-            to.balance,
-            if (to.balance as i128) > balance {
-                "money created"
-            } else {
-                "money lost"
-            },
-            (to.balance as i128 - balance).abs()
-        ));
-    }
-    Ok(())
 }
 
 /// A snapshot the initiator started that is not complete, as the stores show it.
@@ -563,83 +328,99 @@ pub fn pending(c: &Cluster) -> Result<Vec<PendingView>, AuditError> {
     Ok(out)
 }
 
-/// Prefix sums of every channel's transfer log at the sequence numbers the audit asks about,
-/// built in one pass over each log (a long-running cluster's logs hold millions of entries).
-struct LogIndex {
-    /// `[sender][receiver]`.
-    sums: Vec<Vec<ChannelSums>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::testbank::{identity, TestBank};
+    use crate::core::WriteBatch;
 
-/// Sorted boundary seqs of one channel, and (count, money) of its log entries `<=` each.
-type ChannelSums = (Vec<u64>, Vec<(u64, u128)>);
-
-impl LogIndex {
-    fn build(
-        c: &Cluster,
-        states: &[DurableState],
-        globals: &[GlobalSnapshot],
-    ) -> Result<LogIndex, StoreError> {
-        let n = c.stores.len();
-        let mut sums = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut row = Vec::with_capacity(n);
-            for j in 0..n {
-                if i == j {
-                    row.push((Vec::new(), Vec::new()));
-                    continue;
-                }
-                let (bi, bj) = (BranchId(i as u16), BranchId(j as u16));
-                let mut bounds = vec![0, states[i].out[j].sent.0, states[j].inc[i].applied.0];
-                for g in globals.iter().filter(|g| g.parts.len() == n) {
-                    bounds.extend(g.parts[i].sent_to(bj).map(|s| s.0));
-                    if let Some(ch) = g.parts[j].channel_from(bi) {
-                        bounds.push(ch.applied_at_record.0);
-                        bounds.push(ch.until.0);
-                    }
-                }
-                bounds.sort_unstable();
-                bounds.dedup();
-                let max = *bounds.last().unwrap_or(&0);
-                let mut cum = Vec::with_capacity(bounds.len());
-                let (mut count, mut money) = (0u64, 0u128);
-                let mut next = 0usize;
-                c.stores[i].scan_log(bj, Seq(0), Seq(max), &mut |seq, amount| {
-                    while next < bounds.len() && bounds[next] < seq.0 {
-                        cum.push((count, money));
-                        next += 1;
-                    }
-                    count += 1;
-                    money += amount as u128;
-                })?;
-                while cum.len() < bounds.len() {
-                    cum.push((count, money));
-                }
-                row.push((bounds, cum));
-            }
-            sums.push(row);
+    /// The regression of issue 11: since compaction starts the history at every completed
+    /// snapshot, the stopped-store audit checked no kept snapshot's channels against the logs.
+    /// A channel record of the latest kept snapshot that disagrees with the sender's log (its
+    /// own copy and the initiator's agree, and the total is right) is a violation.
+    #[test]
+    fn audit_reports_a_corrupted_channel_record_of_the_latest_kept_snapshot() {
+        let n = 3;
+        let dir = tempfile::tempdir().expect("tmp");
+        let dirs: Vec<PathBuf> = (0..n)
+            .map(|me| {
+                let id = identity(n, me);
+                dir.path().join(Identity::branch_dir_name(&id.branches[me]))
+            })
+            .collect();
+        {
+            let stores = (0..n)
+                .map(|me| SledStore::open(&dirs[me], Some(&identity(n, me))).expect("create"))
+                .collect();
+            let mut bank = TestBank::new(stores, 4, 5);
+            bank.run(700);
         }
-        Ok(LogIndex { sums })
-    }
+        let clean = audit(dir.path(), None).expect("audit");
+        assert!(clean.consistent, "{:#?}", clean.violations);
+        let latest = clean.last_snapshot.expect("snapshots completed");
+        assert_eq!(clean.history_from, latest, "compacted from the latest");
+        assert!(clean.checked.channels_checked >= n * (n - 1), "{clean:#?}");
+        assert!(clean.checked.ledgers_checked >= n, "{clean:#?}");
 
-    /// Count and money of the transfers `(after, upto]` on channel `i → j`.
-    fn sum(
-        &self,
-        c: &Cluster,
-        i: usize,
-        j: usize,
-        after: Seq,
-        upto: Seq,
-    ) -> Result<LogSum, StoreError> {
-        let (bounds, cum) = &self.sums[i][j];
-        let at = |s: Seq| bounds.binary_search(&s.0).ok().map(|k| cum[k]);
-        match (at(after), at(upto)) {
-            (Some(a), Some(b)) if upto >= after => Ok(LogSum {
-                count: b.0 - a.0,
-                money: b.1 - a.1,
-                dense: b.0 - a.0 == upto.0 - after.0,
-            }),
-            // Not a boundary the index knows: ask the store.
-            _ => c.stores[i].log_sum(BranchId(j as u16), after, upto),
-        }
+        // Branch j recorded one unit more in flight from i and one less in its balance.
+        let mut init = SledStore::open(&dirs[0], None).expect("open");
+        let mut g = init.global(None).expect("read").expect("latest");
+        assert_eq!(g.snapshot.0, latest);
+        let (j, c) = g
+            .parts
+            .iter()
+            .enumerate()
+            .flat_map(|(j, p)| {
+                p.channels
+                    .iter()
+                    .enumerate()
+                    .map(move |(c, ch)| (j, c, ch.count))
+            })
+            .max_by_key(|x| x.2)
+            .map(|(j, c, _)| (j, c))
+            .expect("a channel");
+        g.parts[j].channels[c].money += 1;
+        g.parts[j].balance -= 1;
+        let part = g.parts[j].clone();
+        let from = part.channels[c].from;
+        init.commit(&WriteBatch {
+            globals: vec![g],
+            ..WriteBatch::default()
+        })
+        .expect("tamper");
+        drop(init);
+        let mut own = SledStore::open(&dirs[j], None).expect("open");
+        own.commit(&WriteBatch {
+            parts: vec![part],
+            ..WriteBatch::default()
+        })
+        .expect("tamper");
+        drop(own);
+
+        let r = audit(dir.path(), None).expect("audit");
+        assert!(!r.consistent);
+        assert_eq!(r.violations.len(), 1, "{:#?}", r.violations);
+        assert_eq!(
+            r.violation_counts,
+            BTreeMap::from([(ViolationKind::ChannelMismatch, 1)])
+        );
+        let v = &r.violations_typed[0];
+        assert_eq!(v.snapshot.map(|k| k.0), Some(latest));
+        assert_eq!(v.channel, Some((from, crate::types::BranchId(j as u16))));
+        assert!(
+            r.violations[0].starts_with(&format!("snapshot {latest}: channel ")),
+            "{}",
+            r.violations[0]
+        );
+        // The JSON keeps the strings and adds the typed list and the counts by kind.
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["violations"][0], r.violations[0].as_str());
+        assert_eq!(json["violations_typed"][0]["kind"], "channel_mismatch");
+        assert_eq!(json["violations_typed"][0]["snapshot"], latest);
+        assert_eq!(json["violation_counts"]["channel_mismatch"], 1);
+        assert!(
+            json["channels_checked"].as_u64().unwrap_or(0) >= 6,
+            "{json:#}"
+        );
     }
 }

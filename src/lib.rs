@@ -17,6 +17,7 @@
 //! - [`hosts`]: the `host.list` format; [`snapshot`]: snapshot data; [`types`]: newtypes
 
 pub mod audit;
+pub mod check;
 pub mod cli;
 pub mod core;
 pub mod daemon;

@@ -91,18 +91,39 @@ pub enum Request {
     Part { snapshot: SnapshotId },
     /// Count and money of this branch's logged transfers `(after, upto]` to each `peer`.
     LogSums { ranges: Vec<(BranchId, Seq, Seq)> },
+    /// This branch's own parts of these snapshots (those it keeps), and what it has compacted
+    /// and pruned, in one step: [`Reply::Parts`].
+    Parts { snapshots: Vec<SnapshotId> },
 }
 
 /// Most ranges one [`Request::LogSums`] may ask for.
 pub const LOG_RANGES_MAX: usize = 4096;
+/// Most snapshots one [`Request::Parts`] may ask for.
+pub const PARTS_PER_REQUEST_MAX: usize = 256;
 
 /// One answer of [`Reply::LogSums`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeSum {
     pub count: u64,
     pub money: u128,
-    /// The log holds every transfer of the range (not compacted away).
+    /// The log holds every transfer of the range.
     pub whole: bool,
+    /// The channel's `compacted` when the sum was taken: the log holds `(compacted, sent]`, so
+    /// a range that is not whole and starts below it was compacted, one at or above it lost.
+    #[serde(default)]
+    pub compacted: Seq,
+}
+
+/// What a branch no longer keeps: the start of its history, the snapshots it pruned and, per
+/// outgoing channel, how far its transfer log may have been compacted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// The transfer log and the ledger are complete from this snapshot's cut on.
+    pub history_from: SnapshotId,
+    /// Parts (and, at the initiator, global snapshots) older than this have been pruned.
+    pub pruned_below: SnapshotId,
+    /// Per peer (own index unused): log entries up to this seq may have been dropped.
+    pub compacted: Vec<Seq>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +142,12 @@ pub enum Reply {
     Part(Option<LocalPart>),
     /// One sum per requested range, in order.
     LogSums(Vec<RangeSum>),
+    /// One answer per requested snapshot, in order (`None`: not kept), and what the branch
+    /// had compacted and pruned when it answered.
+    Parts {
+        parts: Vec<Option<LocalPart>>,
+        retention: Retention,
+    },
 }
 
 /// A running branch's answer to [`Request::Status`].
@@ -216,6 +243,14 @@ impl Message {
             Message::Request(Request::LogSums { ranges }) if ranges.len() > LOG_RANGES_MAX => Err(
                 WireError::Invalid(format!("LogSums asks for {} ranges", ranges.len())),
             ),
+            Message::Request(Request::Parts { snapshots })
+                if snapshots.len() > PARTS_PER_REQUEST_MAX =>
+            {
+                Err(WireError::Invalid(format!(
+                    "Parts asks for {} snapshots",
+                    snapshots.len()
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -363,7 +398,19 @@ mod tests {
                 count: 6,
                 money: 60,
                 whole: true,
+                compacted: Seq(2),
             }])),
+            Message::Request(Request::Parts {
+                snapshots: vec![SnapshotId(2), SnapshotId(3)],
+            }),
+            Message::Reply(Reply::Parts {
+                parts: vec![None],
+                retention: Retention {
+                    history_from: SnapshotId(3),
+                    pruned_below: SnapshotId(1),
+                    compacted: vec![Seq(0), Seq(4)],
+                },
+            }),
             Message::Reply(Reply::Status(BranchStatus {
                 branch: BranchId(1),
                 initiator: false,

@@ -112,10 +112,22 @@ fn status_and_snapshot_ask_a_running_cluster() {
     assert!(checked >= 1, "{v:#}");
     assert_eq!(checked + compacted, 12 * ids.len() as u64, "{v:#}");
     assert_eq!(v["violations"].as_array().map(|a| a.len()), Some(0));
+    // Every branch's own copy of each part, unless it pruned it; the typed list and the counts
+    // by kind are there, and empty; the audit says what it checked.
+    let parts = v["parts_checked"].as_u64().unwrap_or(0) + v["parts_pruned"].as_u64().unwrap_or(0);
+    assert_eq!(parts, 4 * ids.len() as u64, "{v:#}");
+    assert!(v["parts_checked"].as_u64().unwrap_or(0) >= 4, "{v:#}");
+    assert!(v["ledgers_checked"].as_u64().is_some(), "{v:#}");
+    assert!(v["nothing_checked"].is_null(), "{v:#}");
+    assert_eq!(v["violations_typed"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["violation_counts"], serde_json::json!({}), "{v:#}");
+    assert_eq!(v["branches"].as_array().map(|a| a.len()), Some(4), "{v:#}");
     let human = c.snapctl(&["audit", "--live"]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(
-        human.status.success() && text.contains("live audit: CONSISTENT"),
+        human.status.success()
+            && text.contains("live audit: CONSISTENT")
+            && text.contains("channel records against the senders' logs"),
         "{text}"
     );
 
@@ -185,4 +197,19 @@ fn status_and_snapshot_ask_a_running_cluster() {
     c.stop_all();
     let (code, audit) = c.audit();
     assert_eq!(code, 0, "{audit:#}");
+    // The stopped stores: the latest kept snapshot's 12 channel records and the 4 ledgers from
+    // it to now are checked against the logs.
+    assert!(
+        audit["channels_checked"].as_u64().unwrap_or(0) >= 12,
+        "{audit:#}"
+    );
+    assert!(
+        audit["ledgers_checked"].as_u64().unwrap_or(0) >= 4,
+        "{audit:#}"
+    );
+    assert_eq!(
+        audit["violation_counts"],
+        serde_json::json!({}),
+        "{audit:#}"
+    );
 }

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use snapbank::audit::{audit, pending, AuditError, Cluster, PendingView};
+use snapbank::check::{Counts, ViolationKind};
 use snapbank::cli::{format_audit, DataDir, KeyArgs, DEFAULT_KEY_FILE};
 use snapbank::hosts::HostList;
 use snapbank::live_audit::live_audit;
@@ -12,6 +13,7 @@ use snapbank::secure::{ClusterKey, KeyError};
 use snapbank::snapshot::GlobalSnapshot;
 use snapbank::types::{BranchId, SnapshotId};
 use snapbank::wire::{BranchStatus, Reply, Request};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
@@ -415,20 +417,22 @@ fn cmd_audit_live(live: &Live, last: u64, timeout: Duration) -> ExitCode {
             },
             report.expected_total
         );
-        println!(
-            "channel records checked against the senders' logs: {} ({} already compacted); ledgers between snapshots: {} ({} compacted); parts pruned at their branch: {}",
-            report.channels_checked,
-            report.channels_compacted,
-            report.ledgers_checked,
-            report.ledgers_compacted,
-            report.parts_pruned
-        );
+        println!("{}", checked_line(&report.checked));
         if report.consistent {
             println!("live audit: CONSISTENT");
+        } else if report.violations.is_empty() {
+            println!(
+                "live audit: NOT CHECKED: {}",
+                report
+                    .nothing_checked
+                    .as_deref()
+                    .unwrap_or("nothing was checked")
+            );
         } else {
             println!(
-                "live audit: INCONSISTENT, {} violations:",
-                report.violations.len()
+                "live audit: INCONSISTENT, {} violations ({}):",
+                report.violations.len(),
+                kinds_line(&report.violation_counts)
             );
             for v in &report.violations {
                 println!("  - {v}");
@@ -495,6 +499,28 @@ fn cmd_snapshot(live: &Live, timeout: Duration) -> ExitCode {
     }
 }
 
+/// What an audit checked, in one line.
+fn checked_line(c: &Counts) -> String {
+    format!(
+        "checked: {} channel records against the senders' logs ({} compacted), {} ledger steps ({} compacted), {} parts against the initiator's copies ({} pruned)",
+        c.channels_checked,
+        c.channels_compacted,
+        c.ledgers_checked,
+        c.ledgers_compacted,
+        c.parts_checked,
+        c.parts_pruned
+    )
+}
+
+/// Violation counts by kind: `lost 2, wrong_total 1`.
+fn kinds_line(counts: &BTreeMap<ViolationKind, usize>) -> String {
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Prints `v` as pretty JSON on stdout.
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), ExitCode> {
     let text = serde_json::to_string_pretty(v).map_err(|e| {
@@ -542,6 +568,13 @@ fn cmd_audit(data: &DataDir, hosts: Option<PathBuf>, json: bool) -> ExitCode {
         }
     } else {
         print!("{}", format_audit(&report));
+        println!("{}", checked_line(&report.checked));
+        if !report.consistent {
+            println!(
+                "violations by kind: {}",
+                kinds_line(&report.violation_counts)
+            );
+        }
     }
     if report.consistent {
         ExitCode::SUCCESS

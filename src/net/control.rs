@@ -9,11 +9,14 @@
 
 use super::{read_handshake_message, with_length, Event, HandshakeError};
 use crate::core::Branch;
+use crate::core::DurableState;
 use crate::hosts::HostList;
 use crate::secure::{self, FrameCodec, Mode, OperatorKeys, Preamble, OPERATOR};
 use crate::store::{SledStore, StoreError};
-use crate::types::{BranchId, Micros, SnapshotId};
-use crate::wire::{BranchStatus, Message, MessageCodec, RangeSum, Reply, Request};
+use crate::types::{BranchId, Micros, Seq, SnapshotId};
+use crate::wire::{
+    BranchStatus, Message, MessageCodec, RangeSum, Reply, Request, Retention, FRAME_BYTES_MAX,
+};
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -173,9 +176,31 @@ pub(super) async fn serve(
             _ = stop.cancelled() => Reply::Refused("the branch is stopping".to_string()),
             r = rx => r.unwrap_or_else(|_| Reply::Refused("the branch is stopping".to_string())),
         };
-        if framed.send(Message::Reply(reply)).await.is_err() {
+        if framed.send(fit_in_frame(reply)).await.is_err() {
             return;
         }
+    }
+}
+
+/// The reply as a message, or, if it would not fit in one frame, a refusal that says so (the
+/// operator asks for less at a time) instead of a connection closed without a word.
+fn fit_in_frame(reply: Reply) -> Message {
+    let msg = Message::Reply(reply);
+    let len = msg.encode().len();
+    if len <= FRAME_BYTES_MAX {
+        return msg;
+    }
+    Message::Reply(Reply::Refused(format!(
+        "the answer would take {len} bytes, over the frame limit of {FRAME_BYTES_MAX}; ask for less at a time"
+    )))
+}
+
+/// What a branch no longer keeps, as the operator channel reports it.
+pub fn retention(st: &DurableState) -> Retention {
+    Retention {
+        history_from: st.history_from,
+        pruned_below: st.pruned_below,
+        compacted: st.out.iter().map(|o| o.compacted).collect(),
     }
 }
 
@@ -230,26 +255,40 @@ impl Console {
                 let _ = p.reply.send(reply);
             }
             Request::LogSums { ranges } => {
+                let st = core.state();
                 let sums: Result<Vec<RangeSum>, StoreError> = ranges
                     .iter()
                     .map(|&(peer, after, upto)| {
-                        if peer.index() >= hosts.len() || upto < after {
+                        let Some(out) = st.out.get(peer.index()).filter(|_| upto >= after) else {
                             return Ok(RangeSum {
                                 count: 0,
                                 money: 0,
                                 whole: false,
+                                compacted: Seq(u64::MAX),
                             });
-                        }
+                        };
                         let s = store.log_sum(peer, after, upto)?;
                         Ok(RangeSum {
                             count: s.count,
                             money: s.money,
                             whole: s.dense,
+                            compacted: out.compacted,
                         })
                     })
                     .collect();
                 let _ = p.reply.send(match sums {
                     Ok(s) => Reply::LogSums(s),
+                    Err(e) => failed(e),
+                });
+            }
+            Request::Parts { snapshots } => {
+                let parts: Result<Vec<_>, StoreError> =
+                    snapshots.iter().map(|&k| store.part(k)).collect();
+                let _ = p.reply.send(match parts {
+                    Ok(parts) => Reply::Parts {
+                        parts,
+                        retention: retention(core.state()),
+                    },
                     Err(e) => failed(e),
                 });
             }
