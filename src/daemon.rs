@@ -109,10 +109,11 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     let seed = f.seed.unwrap_or_else(rand::random);
     let identity = Identity::new(&hosts, me, f.initial_balance);
     let dir = branch_dir(&args.data.data_dir, addr);
-    std::fs::create_dir_all(&args.data.data_dir).map_err(|e| {
+    crate::durable::create_dir_all(&args.data.data_dir).map_err(|e| {
         anyhow::anyhow!(
-            "cannot create data directory {}: {e}",
-            args.data.data_dir.display()
+            "cannot create data directory {}: {}",
+            args.data.data_dir.display(),
+            crate::store::describe_io(&e)
         )
     })?;
     info!(

@@ -20,7 +20,7 @@
 mod kv;
 pub mod migrate;
 
-pub use kv::{Kv, KvError, MemKv, Op, SledKv};
+pub use kv::{describe_io, Kv, KvError, MemKv, Op, SledKv};
 
 use crate::core::{CoreConfig, DurableState, Recovered, WriteBatch};
 use crate::hosts::HostList;
@@ -311,10 +311,7 @@ impl<K: Kv> BankStore<K> {
                     });
                 }
                 if v < SCHEMA_VERSION || kv.get(KEY_UPGRADING).map_err(err)?.is_some() {
-                    migrate::upgrade(&mut kv, v).map_err(|what| StoreError::Corrupt {
-                        path: path.clone(),
-                        what,
-                    })?;
+                    migrate::upgrade(&mut kv, v).map_err(err)?;
                 }
                 let bytes =
                     kv.get(KEY_IDENTITY)
