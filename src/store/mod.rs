@@ -108,7 +108,10 @@ pub enum StoreError {
     NotFound(PathBuf),
     #[error("{0} is not a snapbank store: {1}")]
     NotAStore(PathBuf, String),
-    #[error("store {path} is corrupt: {what}")]
+    /// The way back names `snapctl restore`, which sets the files aside (it never deletes them)
+    /// and rebuilds the store from the initiator's copies of its snapshot parts; the initiator's
+    /// own store holds those copies, so only a copy of it can bring it back.
+    #[error("store {path} is corrupt: {what}; the way back: stop the cluster and run `snapctl restore --snapshot K` (K: a completed snapshot the initiator logged), which keeps these files aside and rebuilds the store from the initiator's copies (if this is the initiator's store, put back a copy of it instead)")]
     Corrupt { path: PathBuf, what: String },
     #[error("store {path} has schema v{found}, newer than this build supports (v{supported}); run a newer snapbank")]
     NewerSchema {
