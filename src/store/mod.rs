@@ -8,6 +8,7 @@
 //! | `m:schema`                   | schema version (u32)           |
 //! | `m:identity`                 | [`Identity`]                   |
 //! | `m:starts`                   | times `bank` started a branch on this store (u64); absent: 0 |
+//! | `m:restoring`                | while `snapctl restore` rewrites the cluster: the snapshot it restores (u64); no branch starts on the store |
 //! | `s`                          | [`DurableState`]               |
 //! | `r` peer(u16 BE) first(u64 BE) | a run of outgoing transfers `first, first+1, …`: their amounts; compacted once acknowledged and before the latest completed snapshot's cut |
 //! | `p` snapshot(u64 BE)         | this branch's [`LocalPart`] (the latest `--keep-snapshots`) |
@@ -43,6 +44,9 @@ pub(crate) const KEY_UPGRADING: &[u8] = b"m:upgrading";
 const KEY_IDENTITY: &[u8] = b"m:identity";
 /// How many times `bank` started a branch on this store (u64; absent in a store never started).
 const KEY_STARTS: &[u8] = b"m:starts";
+/// Present while `snapctl restore` rewrites the cluster: the snapshot it restores (u64). No
+/// branch starts on a store that has it (see `crate::restore`).
+const KEY_RESTORING: &[u8] = b"m:restoring";
 pub(crate) const KEY_STATE: &[u8] = b"s";
 
 /// Which cluster and which branch a store belongs to.
@@ -123,6 +127,10 @@ pub enum StoreError {
     Mismatch { path: PathBuf, what: String },
     #[error("store {path}: {what}")]
     Io { path: PathBuf, what: String },
+    /// `snapctl restore` started rewriting the cluster's stores and did not finish: this store
+    /// may or may not be rewritten yet, so no branch may start on it.
+    #[error("store {path} is part of an unfinished `snapctl restore --snapshot {snapshot}`; run it again to finish")]
+    RestoreUnfinished { path: PathBuf, snapshot: SnapshotId },
 }
 
 /// A branch's store over a key-value backend.
@@ -173,7 +181,8 @@ impl SledStore {
             return Ok(());
         }
         let store = BankStore::with_kv(kv, dir.to_path_buf(), None)?;
-        check_identity(dir, store.identity(), identity)
+        check_identity(dir, store.identity(), identity)?;
+        store.refuse_if_restoring()
     }
 }
 
@@ -734,6 +743,34 @@ impl<K: Kv> BankStore<K> {
             )
             .map_err(|e| self.kv_error(e))?;
         Ok(before)
+    }
+
+    /// The snapshot an unfinished `snapctl restore` is restoring this store to, if any.
+    pub fn restoring(&self) -> Result<Option<SnapshotId>, StoreError> {
+        match self.kv.get(KEY_RESTORING).map_err(|e| self.kv_error(e))? {
+            Some(bytes) => Ok(Some(decode(&self.path, "restore marker", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Marks the store, durably, as part of a restore to snapshot `k` (`None`: clears it).
+    pub fn set_restoring(&mut self, k: Option<SnapshotId>) -> Result<(), StoreError> {
+        let op = match k {
+            Some(k) => Op::Put(KEY_RESTORING.to_vec(), enc(&k)),
+            None => Op::Del(KEY_RESTORING.to_vec()),
+        };
+        self.kv.apply(vec![op], true).map_err(|e| self.kv_error(e))
+    }
+
+    /// The error a branch stops with on a store an unfinished restore marked.
+    pub fn refuse_if_restoring(&self) -> Result<(), StoreError> {
+        match self.restoring()? {
+            Some(snapshot) => Err(StoreError::RestoreUnfinished {
+                path: self.path.clone(),
+                snapshot,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Flushes everything to disk.
