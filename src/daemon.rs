@@ -87,6 +87,12 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             f.initial_balance
         );
     }
+    // Before anything is written: a cluster whose restore is unfinished stays stopped (the
+    // store's own mark is checked once it is open).
+    crate::restore::refuse_if_unfinished(
+        &args.data.data_dir,
+        &branch_dir(&args.data.data_dir, addr),
+    )?;
     // Before anything is written or any money moves: a port in use is one error line.
     let metrics_listener = match args.metrics {
         Some(at) => Some(
@@ -109,10 +115,11 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     let seed = f.seed.unwrap_or_else(rand::random);
     let identity = Identity::new(&hosts, me, f.initial_balance);
     let dir = branch_dir(&args.data.data_dir, addr);
-    std::fs::create_dir_all(&args.data.data_dir).map_err(|e| {
+    crate::durable::create_dir_all(&args.data.data_dir).map_err(|e| {
         anyhow::anyhow!(
-            "cannot create data directory {}: {e}",
-            args.data.data_dir.display()
+            "cannot create data directory {}: {}",
+            args.data.data_dir.display(),
+            crate::store::describe_io(&e)
         )
     })?;
     info!(
@@ -201,7 +208,8 @@ fn load_or_make_key(
     Ok(key)
 }
 
-/// A restart can race the previous process's exit for sled's lock: retry briefly.
+/// A restart can race the previous process's exit for sled's lock: retry briefly. A store an
+/// unfinished `snapctl restore` marked is refused.
 fn open_with_retry(dir: &std::path::Path, identity: &Identity) -> anyhow::Result<SledStore> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -209,7 +217,11 @@ fn open_with_retry(dir: &std::path::Path, identity: &Identity) -> anyhow::Result
             Err(StoreError::Locked(_)) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100))
             }
-            other => return Ok(other?),
+            other => {
+                let store = other?;
+                store.refuse_if_restoring()?;
+                return Ok(store);
+            }
         }
     }
 }

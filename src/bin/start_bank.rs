@@ -6,6 +6,7 @@ use nix::unistd::Pid;
 use snapbank::audit::audit;
 use snapbank::cli::{error_line, format_audit, BranchFlags, DataDir, KeyArgs};
 use snapbank::hosts::HostList;
+use snapbank::restore::refuse_if_unfinished;
 use snapbank::secure::ClusterKey;
 use snapbank::store::{branch_dir, Identity, SledStore};
 use std::net::{IpAddr, SocketAddr};
@@ -87,11 +88,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     // A store its branch would refuse (another host.list or initial balance, a newer schema,
-    // damaged files, in use) stops start_bank before any branch starts: one error, and no branch
-    // of a new host.list starts a store beside them.
+    // damaged files, in use, part of an unfinished `snapctl restore`) stops start_bank before
+    // any branch starts: one error, and no branch of a new host.list starts a store beside them.
     for id in &mine {
         let identity = Identity::new(&hosts, *id, args.flags.initial_balance);
-        SledStore::check(&branch_dir(&args.data.data_dir, hosts.addr(*id)), &identity)?;
+        let dir = branch_dir(&args.data.data_dir, hosts.addr(*id));
+        refuse_if_unfinished(&args.data.data_dir, &dir)?;
+        SledStore::check(&dir, &identity)?;
     }
     let key_args: Vec<std::ffi::OsString> = if args.key.insecure {
         vec!["--insecure".into()]

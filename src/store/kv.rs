@@ -230,12 +230,58 @@ fn io_err(doing: &str, e: &std::io::Error) -> KvError {
     KvError::Io(format!("{doing}: {}", describe_io(e)))
 }
 
-/// An I/O error in words, with the way out for the one an operator can fix.
+/// An I/O error in words, with the way out for the ones an operator can fix.
+///
+/// sled hands on its first I/O error to every later operation as a copy whose message is the
+/// original's `Debug` text (`Os { code: 28, kind: StorageFull, message: "No space left on
+/// device" }`) and whose OS error code is gone; [`os_error`] reads the code back from it.
 pub fn describe_io(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(28) => "no space left on the device (free some space; the store is intact and the branch starts again once there is room)".to_string(),
-        Some(122) => "disk quota exceeded (raise the quota or free some space; the store is intact)".to_string(),
-        _ => e.to_string(),
+    let (code, text) = os_error(e);
+    match code {
+        Some(28) => format!("no space left on device; {FULL_WAY_OUT}"),
+        Some(122) => "disk quota exceeded; the store is intact; raise the quota or free some space and start again".to_string(),
+        _ => text,
+    }
+}
+
+/// What to do about a full disk (after an error naming the store).
+const FULL_WAY_OUT: &str = "the store is intact; free some space and start again";
+
+/// The OS error code of `e` and its text, also for sled's copies of an error (whose message
+/// is the original's `Debug` text and which have no code of their own).
+fn os_error(e: &std::io::Error) -> (Option<i32>, String) {
+    if let Some(code) = e.raw_os_error() {
+        return (Some(code), e.to_string());
+    }
+    let text = e.to_string();
+    // `Os { code: 28, kind: StorageFull, message: "No space left on device" }`
+    let Some(rest) = text.strip_prefix("Os { code: ") else {
+        return (None, text);
+    };
+    let code: Option<i32> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|d| d.parse().ok());
+    let message = rest
+        .split_once("message: \"")
+        .and_then(|(_, m)| m.rsplit_once("\" }"))
+        .map(|(m, _)| m.to_string());
+    match (code, message) {
+        (Some(c), Some(m)) => (Some(c), format!("{m} (os error {c})")),
+        (Some(c), None) => (Some(c), format!("os error {c}")),
+        _ => (None, text),
+    }
+}
+
+impl std::fmt::Display for KvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvError::Locked => write!(f, "in use by another process"),
+            KvError::NotFound => write!(f, "not found"),
+            KvError::NotAStore(w) => write!(f, "not a store: {w}"),
+            KvError::Corrupt(w) => write!(f, "corrupt: {w}"),
+            KvError::Io(w) => write!(f, "{w}"),
+        }
     }
 }
 
@@ -339,5 +385,32 @@ impl Kv for SledKv {
     fn flush(&mut self) -> Result<(), KvError> {
         self.db.flush().map_err(sled_err)?;
         self.sync().map_err(|e| io_err("syncing", &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sled's `Clone` of an I/O error: the kind, and the original's `Debug` text as message.
+    fn sled_copy(e: &std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), format!("{e:?}"))
+    }
+
+    #[test]
+    fn a_full_disk_is_named_in_words_also_in_sleds_copy_of_the_error() {
+        let full = std::io::Error::from_raw_os_error(28);
+        for e in [&full, &sled_copy(&full)] {
+            let d = describe_io(e);
+            assert_eq!(
+                d,
+                "no space left on device; the store is intact; free some space and start again"
+            );
+        }
+        let eio = std::io::Error::from_raw_os_error(5);
+        let d = describe_io(&sled_copy(&eio));
+        assert!(d.ends_with("(os error 5)") && !d.contains("Os {"), "{d}");
+        let other = std::io::Error::other("something else");
+        assert_eq!(describe_io(&other), "something else");
     }
 }

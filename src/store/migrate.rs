@@ -11,6 +11,9 @@
 //! store as newer; it then converts a chunk of entries and deletes their old keys in one atomic
 //! batch at a time, and deletes `m:upgrading` last. An upgrade interrupted by a crash carries on
 //! at the next open, which finds `m:upgrading`.
+//!
+//! A step that cannot read or write the store (a full disk) fails with the store's own error
+//! ([`KvError::Io`]), never as corruption: the upgrade carries on at the next open.
 
 use super::Kv;
 use super::{
@@ -23,24 +26,35 @@ use crate::types::{Amount, BranchId, Seq};
 /// Old-layout entries converted per atomic batch.
 const CHUNK_ENTRIES: usize = 100_000;
 
+/// What went wrong, in the store's words: `doing` and the backend's error, whose kind (an I/O
+/// error, corruption) is kept.
+fn failed(doing: &str, e: KvError) -> KvError {
+    match e {
+        KvError::Io(w) => KvError::Io(format!("{doing}: {w}")),
+        KvError::Corrupt(w) => KvError::Corrupt(format!("{doing}: {w}")),
+        KvError::NotAStore(w) => KvError::Corrupt(format!("{doing}: {w}")),
+        other => other,
+    }
+}
+
 /// Upgrades a store of schema `from` to the current version, in place.
-pub fn upgrade<K: Kv>(kv: &mut K, from: u32) -> Result<(), String> {
+pub fn upgrade<K: Kv>(kv: &mut K, from: u32) -> Result<(), KvError> {
     if from < 1 {
-        return Err(format!(
+        return Err(KvError::Corrupt(format!(
             "schema v{from} is older than the first schema (v1); this is not a store snapbank wrote"
-        ));
+        )));
     }
     // An upgrade a crash interrupted: finish that step first.
     if let Some(bytes) = kv
         .get(KEY_UPGRADING)
-        .map_err(|e| format!("cannot read the upgrade marker: {e:?}"))?
+        .map_err(|e| failed("cannot read the upgrade marker", e))?
     {
         let step: u32 = ciborium::from_reader(&bytes[..])
-            .map_err(|e| format!("upgrade marker unreadable: {e}"))?;
+            .map_err(|e| KvError::Corrupt(format!("upgrade marker unreadable: {e}")))?;
         if step + 1 != from {
-            return Err(format!(
+            return Err(KvError::Corrupt(format!(
                 "an upgrade from v{step} was interrupted but the store says v{from}"
-            ));
+            )));
         }
         run_step(kv, step)?;
     }
@@ -53,7 +67,7 @@ pub fn upgrade<K: Kv>(kv: &mut K, from: u32) -> Result<(), String> {
             ],
             true,
         )
-        .map_err(|e| format!("cannot start the upgrade to v{}: {e:?}", v + 1))?;
+        .map_err(|e| failed(&format!("cannot start the upgrade to v{}", v + 1), e))?;
         run_step(kv, v)?;
         v += 1;
     }
@@ -61,42 +75,46 @@ pub fn upgrade<K: Kv>(kv: &mut K, from: u32) -> Result<(), String> {
 }
 
 /// Runs the step from schema `v`, then clears the upgrade marker.
-fn run_step<K: Kv>(kv: &mut K, v: u32) -> Result<(), String> {
+fn run_step<K: Kv>(kv: &mut K, v: u32) -> Result<(), KvError> {
     match v {
         1 => v1_to_v2(kv)?,
         2 => v2_to_v3(kv)?,
-        _ => return Err(format!("no upgrade step from schema v{v}")),
+        _ => {
+            return Err(KvError::Corrupt(format!(
+                "no upgrade step from schema v{v}"
+            )))
+        }
     }
     kv.apply(vec![Op::Del(KEY_UPGRADING.to_vec())], true)
-        .map_err(|e| format!("cannot finish the upgrade from v{v}: {e:?}"))?;
+        .map_err(|e| failed(&format!("cannot finish the upgrade from v{v}"), e))?;
     tracing::info!("store upgraded from schema v{v} to v{}", v + 1);
     Ok(())
 }
 
 /// The state gains `out[p].compacted` and `pruned_below`, both 0: a v2 store never dropped any
 /// of its log or snapshots. One atomic write.
-fn v2_to_v3<K: Kv>(kv: &mut K) -> Result<(), String> {
+fn v2_to_v3<K: Kv>(kv: &mut K) -> Result<(), KvError> {
     let Some(bytes) = kv
         .get(KEY_STATE)
-        .map_err(|e| format!("cannot read the branch state: {e:?}"))?
+        .map_err(|e| failed("cannot read the branch state", e))?
     else {
         return Ok(());
     };
     // Decoding fills the new fields with their defaults; writing it back stores them.
-    let state: DurableState =
-        ciborium::from_reader(&bytes[..]).map_err(|e| format!("branch state unreadable: {e}"))?;
+    let state: DurableState = ciborium::from_reader(&bytes[..])
+        .map_err(|e| KvError::Corrupt(format!("branch state unreadable: {e}")))?;
     kv.apply(vec![Op::Put(KEY_STATE.to_vec(), enc(&state))], true)
-        .map_err(|e| format!("cannot write the upgraded state: {e:?}"))
+        .map_err(|e| failed("cannot write the upgraded state", e))
 }
 
 /// `t` peer seq → amount (one key per transfer) becomes `r` peer first → [amounts].
-fn v1_to_v2<K: Kv>(kv: &mut K) -> Result<(), String> {
+fn v1_to_v2<K: Kv>(kv: &mut K) -> Result<(), KvError> {
     while v1_to_v2_chunk(kv)? {}
     Ok(())
 }
 
 /// Converts up to [`CHUNK_ENTRIES`] v1 transfers atomically; false when none were left.
-fn v1_to_v2_chunk<K: Kv>(kv: &mut K) -> Result<bool, String> {
+fn v1_to_v2_chunk<K: Kv>(kv: &mut K) -> Result<bool, KvError> {
     let mut entries: Vec<(BranchId, Seq, Amount)> = Vec::new();
     let mut keys: Vec<Vec<u8>> = Vec::new();
     // Why the visitor stopped the scan (it stops it by returning an error): a full chunk, or an
@@ -126,9 +144,9 @@ fn v1_to_v2_chunk<K: Kv>(kv: &mut K) -> Result<bool, String> {
         Ok(())
     });
     match (stopped, scanned) {
-        (Some(Err(what)), _) => return Err(what),
+        (Some(Err(what)), _) => return Err(KvError::Corrupt(what)),
         (Some(Ok(())), _) | (None, Ok(())) => {}
-        (None, Err(e)) => return Err(format!("cannot read v1 transfers: {e:?}")),
+        (None, Err(e)) => return Err(failed("cannot read v1 transfers", e)),
     }
     if entries.is_empty() {
         return Ok(false);
@@ -138,7 +156,7 @@ fn v1_to_v2_chunk<K: Kv>(kv: &mut K) -> Result<bool, String> {
         ops.push(Op::Put(key_run(peer, first).to_vec(), enc(&amounts)));
     }
     kv.apply(ops, true)
-        .map_err(|e| format!("cannot write v2 transfer runs: {e:?}"))?;
+        .map_err(|e| failed("cannot write v2 transfer runs", e))?;
     Ok(true)
 }
 
@@ -218,5 +236,55 @@ mod tests {
             })
             .unwrap();
         assert_eq!(total, CHUNK_ENTRIES + 10);
+    }
+
+    /// A store whose writes fail as on a full disk.
+    struct FullKv(MemKv);
+
+    impl Kv for FullKv {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+            self.0.get(key)
+        }
+        fn is_empty(&self) -> Result<bool, KvError> {
+            self.0.is_empty()
+        }
+        fn apply(&mut self, _: Vec<Op>, _: bool) -> Result<(), KvError> {
+            Err(KvError::Io("no space left on device".into()))
+        }
+        fn for_range(
+            &self,
+            from: &[u8],
+            to: &[u8],
+            f: crate::store::kv::Visit<'_>,
+        ) -> Result<(), KvError> {
+            self.0.for_range(from, to, f)
+        }
+        fn last_key_in(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+            self.0.last_key_in(from, to)
+        }
+        fn keys_in(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, KvError> {
+            self.0.keys_in(from, to, limit)
+        }
+        fn flush(&mut self) -> Result<(), KvError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_upgrade_on_a_full_disk_fails_as_an_io_error_not_as_corruption() {
+        let mut kv = MemKv::default();
+        kv.apply(
+            vec![
+                Op::Put(KEY_SCHEMA.to_vec(), enc(&1u32)),
+                Op::Put(t_key(1, 1), enc(&5u64)),
+            ],
+            true,
+        )
+        .unwrap();
+        let e = upgrade(&mut FullKv(kv), 1).unwrap_err();
+        assert_eq!(
+            e,
+            KvError::Io("cannot start the upgrade to v2: no space left on device".into())
+        );
     }
 }

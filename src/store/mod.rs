@@ -8,6 +8,7 @@
 //! | `m:schema`                   | schema version (u32)           |
 //! | `m:identity`                 | [`Identity`]                   |
 //! | `m:starts`                   | times `bank` started a branch on this store (u64); absent: 0 |
+//! | `m:restoring`                | while `snapctl restore` rewrites the cluster: the snapshot it restores (u64); no branch starts on the store |
 //! | `s`                          | [`DurableState`]               |
 //! | `r` peer(u16 BE) first(u64 BE) | a run of outgoing transfers `first, first+1, …`: their amounts; compacted once acknowledged and before the latest completed snapshot's cut |
 //! | `p` snapshot(u64 BE)         | this branch's [`LocalPart`] (the latest `--keep-snapshots`) |
@@ -20,7 +21,7 @@
 mod kv;
 pub mod migrate;
 
-pub use kv::{Kv, KvError, MemKv, Op, SledKv};
+pub use kv::{describe_io, Kv, KvError, MemKv, Op, SledKv};
 
 use crate::core::{CoreConfig, DurableState, Recovered, WriteBatch};
 use crate::hosts::HostList;
@@ -43,6 +44,9 @@ pub(crate) const KEY_UPGRADING: &[u8] = b"m:upgrading";
 const KEY_IDENTITY: &[u8] = b"m:identity";
 /// How many times `bank` started a branch on this store (u64; absent in a store never started).
 const KEY_STARTS: &[u8] = b"m:starts";
+/// Present while `snapctl restore` rewrites the cluster: the snapshot it restores (u64). No
+/// branch starts on a store that has it (see `crate::restore`).
+const KEY_RESTORING: &[u8] = b"m:restoring";
 pub(crate) const KEY_STATE: &[u8] = b"s";
 
 /// Which cluster and which branch a store belongs to.
@@ -108,7 +112,10 @@ pub enum StoreError {
     NotFound(PathBuf),
     #[error("{0} is not a snapbank store: {1}")]
     NotAStore(PathBuf, String),
-    #[error("store {path} is corrupt: {what}")]
+    /// The way back names `snapctl restore`, which sets the files aside (it never deletes them)
+    /// and rebuilds the store from the initiator's copies of its snapshot parts; the initiator's
+    /// own store holds those copies, so only a copy of it can bring it back.
+    #[error("store {path} is corrupt: {what}; the way back: stop the cluster and run `snapctl restore --snapshot K` (K: a completed snapshot the initiator logged), which keeps these files aside and rebuilds the store from the initiator's copies (if this is the initiator's store, put back a copy of it instead)")]
     Corrupt { path: PathBuf, what: String },
     #[error("store {path} has schema v{found}, newer than this build supports (v{supported}); run a newer snapbank")]
     NewerSchema {
@@ -120,6 +127,10 @@ pub enum StoreError {
     Mismatch { path: PathBuf, what: String },
     #[error("store {path}: {what}")]
     Io { path: PathBuf, what: String },
+    /// `snapctl restore` started rewriting the cluster's stores and did not finish: this store
+    /// may or may not be rewritten yet, so no branch may start on it.
+    #[error("store {path} is part of an unfinished `snapctl restore --snapshot {snapshot}`; run it again to finish")]
+    RestoreUnfinished { path: PathBuf, snapshot: SnapshotId },
 }
 
 /// A branch's store over a key-value backend.
@@ -170,7 +181,8 @@ impl SledStore {
             return Ok(());
         }
         let store = BankStore::with_kv(kv, dir.to_path_buf(), None)?;
-        check_identity(dir, store.identity(), identity)
+        check_identity(dir, store.identity(), identity)?;
+        store.refuse_if_restoring()
     }
 }
 
@@ -322,10 +334,7 @@ impl<K: Kv> BankStore<K> {
                     });
                 }
                 if v < SCHEMA_VERSION || kv.get(KEY_UPGRADING).map_err(err)?.is_some() {
-                    migrate::upgrade(&mut kv, v).map_err(|what| StoreError::Corrupt {
-                        path: path.clone(),
-                        what,
-                    })?;
+                    migrate::upgrade(&mut kv, v).map_err(err)?;
                 }
                 let bytes =
                     kv.get(KEY_IDENTITY)
@@ -745,6 +754,34 @@ impl<K: Kv> BankStore<K> {
             )
             .map_err(|e| self.kv_error(e))?;
         Ok(before)
+    }
+
+    /// The snapshot an unfinished `snapctl restore` is restoring this store to, if any.
+    pub fn restoring(&self) -> Result<Option<SnapshotId>, StoreError> {
+        match self.kv.get(KEY_RESTORING).map_err(|e| self.kv_error(e))? {
+            Some(bytes) => Ok(Some(decode(&self.path, "restore marker", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Marks the store, durably, as part of a restore to snapshot `k` (`None`: clears it).
+    pub fn set_restoring(&mut self, k: Option<SnapshotId>) -> Result<(), StoreError> {
+        let op = match k {
+            Some(k) => Op::Put(KEY_RESTORING.to_vec(), enc(&k)),
+            None => Op::Del(KEY_RESTORING.to_vec()),
+        };
+        self.kv.apply(vec![op], true).map_err(|e| self.kv_error(e))
+    }
+
+    /// The error a branch stops with on a store an unfinished restore marked.
+    pub fn refuse_if_restoring(&self) -> Result<(), StoreError> {
+        match self.restoring()? {
+            Some(snapshot) => Err(StoreError::RestoreUnfinished {
+                path: self.path.clone(),
+                snapshot,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Flushes everything to disk.
