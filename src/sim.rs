@@ -92,6 +92,7 @@
 #[cfg(test)]
 use crate::core::InjectedBug;
 use crate::core::{Branch, CoreConfig, DurableState, Link, Outgoing, ProtocolError, WriteBatch};
+use crate::check::{check_stored, StoredBranch};
 use crate::net::ready::apply_ready;
 use crate::snapshot::GlobalSnapshot;
 use crate::store::{cluster_id, Identity, MemKv, MemStore};
@@ -1641,7 +1642,42 @@ impl<'a> Sim<'a> {
         for &x in &touched {
             self.check_store_logs(x)?;
         }
+        if !touched.is_empty() {
+            self.check_stores()?;
+        }
         self.check_live()
+    }
+
+    /// The one checker ([`crate::check`], as `snapctl audit` runs it) over the stores as they
+    /// are: every kept snapshot, its channels against the logs, each ledger step to now and the
+    /// durable state.
+    fn check_stores(&self) -> Result<(), String> {
+        let parts = self
+            .nodes
+            .iter()
+            .map(|nd| nd.store.parts())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("parts unreadable: {e}"))?;
+        let globals = self.nodes[0]
+            .store
+            .globals()
+            .map_err(|e| format!("globals unreadable: {e}"))?;
+        let branches: Vec<StoredBranch<'_, MemKv>> = self
+            .nodes
+            .iter()
+            .zip(&parts)
+            .map(|(nd, parts)| StoredBranch {
+                store: &nd.store,
+                state: &nd.dur,
+                parts,
+            })
+            .collect();
+        let found = check_stored(&branches, &globals).map_err(|e| format!("checker: {e}"))?;
+        if found.consistent() {
+            Ok(())
+        } else {
+            Err(format!("checker: {}", found.strings().join("; ")))
+        }
     }
 
     /// Ordering, conservation and ledger over the durable states.
