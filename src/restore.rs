@@ -56,10 +56,7 @@ pub enum RestoreError {
     /// A write failed after the first marker was written: the stores are marked, and no branch
     /// starts until the same restore has run to the end.
     #[error("restore to snapshot {snapshot} stopped part-way: {cause}; no branch starts until `snapctl restore --snapshot {snapshot}` is run again and finishes")]
-    Interrupted {
-        snapshot: SnapshotId,
-        cause: StoreError,
-    },
+    Interrupted { snapshot: SnapshotId, cause: String },
 }
 
 /// What a restore did.
@@ -302,10 +299,18 @@ pub fn restore(
     }
     // Everything is computed and every store readable: now write, under the markers (see the
     // module documentation). From here on, any failure leaves the cluster marked.
-    let interrupted = |cause: StoreError| RestoreError::Interrupted { snapshot: k, cause };
+    let interrupted = |cause: StoreError| RestoreError::Interrupted {
+        snapshot: k,
+        cause: cause.to_string(),
+    };
     let mut writes = Writes::from_env();
     if marked.is_none() {
-        write_marker(data_dir, k).map_err(interrupted)?;
+        // Nothing is written yet if this fails.
+        write_marker(data_dir, k).map_err(|e| {
+            RestoreError::Refused(format!(
+                "{e}; no store was changed: run it again once that is fixed"
+            ))
+        })?;
         writes.done();
     }
     for s in stores.iter_mut() {
@@ -322,7 +327,8 @@ pub fn restore(
             Found::Open(s) => s,
             Found::Missing | Found::Corrupt(_) => {
                 if let Found::Corrupt(what) = &found {
-                    let kept = set_aside(data_dir, &dirs[b]).map_err(interrupted)?;
+                    let kept = set_aside(data_dir, &dirs[b])
+                        .map_err(|cause| RestoreError::Interrupted { snapshot: k, cause })?;
                     writes.done();
                     eprintln!(
                         "restore: store {} is corrupt ({what}); its files are kept in {}, and it is rebuilt from the initiator's copies",
@@ -353,7 +359,7 @@ pub fn restore(
         s.set_restoring(None).map_err(interrupted)?;
         writes.done();
     }
-    remove_marker(data_dir).map_err(interrupted)?;
+    remove_marker(data_dir).map_err(|cause| RestoreError::Interrupted { snapshot: k, cause })?;
     writes.done();
     Ok(summary)
 }
@@ -394,15 +400,8 @@ impl Writes {
     }
 }
 
-fn file_err(path: PathBuf, doing: &str, e: &std::io::Error) -> StoreError {
-    StoreError::Io {
-        path,
-        what: format!("{doing}: {}", describe_io(e)),
-    }
-}
-
 /// Writes [`MARKER_FILE`], atomically and durably.
-fn write_marker(data_dir: &Path, k: SnapshotId) -> Result<(), StoreError> {
+fn write_marker(data_dir: &Path, k: SnapshotId) -> Result<(), String> {
     let path = data_dir.join(MARKER_FILE);
     let text = format!(
         "{MARKER_PREFIX}{k}\n\
@@ -410,25 +409,25 @@ fn write_marker(data_dir: &Path, k: SnapshotId) -> Result<(), StoreError> {
          them until that command has run to the end. Run it again to finish.\n"
     );
     crate::durable::write_atomic(&path, text.as_bytes(), None)
-        .map_err(|e| file_err(path.clone(), "cannot write the restore marker", &e))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Removes [`MARKER_FILE`], durably: the restore is done.
-fn remove_marker(data_dir: &Path) -> Result<(), StoreError> {
+fn remove_marker(data_dir: &Path) -> Result<(), String> {
     let path = data_dir.join(MARKER_FILE);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(file_err(path, "cannot remove the restore marker", &e)),
+        Err(e) => return Err(format!("cannot remove {}: {e}", path.display())),
     }
     crate::durable::sync_dir(data_dir)
-        .map_err(|e| file_err(path, "cannot sync the removal of the restore marker", &e))
+        .map_err(|e| format!("cannot make the removal of {} durable: {e}", path.display()))
 }
 
 /// Moves a corrupt store's directory to `DATA/corrupt/<name>.<n>` (the first free `n`),
 /// durably, and returns where it is now.
-fn set_aside(data_dir: &Path, dir: &Path) -> Result<PathBuf, StoreError> {
-    let err = |doing: &str, e: &std::io::Error| file_err(dir.to_path_buf(), doing, e);
+fn set_aside(data_dir: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let err = |doing: &str, e: &std::io::Error| format!("store {}: {doing}: {e}", dir.display());
     let base = data_dir.join(SET_ASIDE_DIR);
     crate::durable::create_dir_all(&base)
         .map_err(|e| err(&format!("cannot create {}", base.display()), &e))?;

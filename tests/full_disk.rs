@@ -276,3 +276,68 @@ fn a_full_disk_stops_a_branch_with_one_line_and_it_carries_on_once_there_is_room
 fn a_full_disk_under_the_initiator_loses_no_snapshot() {
     full_disk_under(0, "a_full_disk_under_the_initiator_loses_no_snapshot");
 }
+
+/// A branch that never ran, started on a full disk: each start fails in one line, whether the
+/// disk has no room at all or room for sled's first files but not for its log, and once there
+/// is room the branch is created and joins the cluster (a store whose creation failed is not
+/// taken for a corrupt one).
+#[test]
+fn a_new_branch_on_a_full_disk_starts_once_there_is_room() {
+    let test = "a_new_branch_on_a_full_disk_starts_once_there_is_room";
+    if !tmpfs_available(test) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let began = Instant::now();
+    let mut c = Cluster::new(
+        3,
+        &["--transfer-interval", "0s", "--snapshot-interval", "200ms"],
+    );
+    let victim = 1;
+    let store = c.store_dir(victim);
+    let _fs = Tmpfs::mount(&store, TMPFS_SIZE);
+    let filler = store.join("filler");
+    fill(&filler);
+    c.start(0);
+    c.start(2);
+    let len = std::fs::metadata(&filler).expect("filler").len();
+    // No room at all; room for the creation mark but not for sled's first files (which
+    // left a store a later start took for corrupt); room for a first commit but not more.
+    for free in [0u64, 4 << 10, 8 << 10, 16 << 10, 64 << 10, 0, 256 << 10] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .and_then(|f| f.set_len(len - free))
+            .expect("resize the filler");
+        let before = c.log(victim).len();
+        c.start(victim);
+        let st = wait_exit(&mut c, victim, Duration::from_secs(60), &mut || {});
+        assert!(!st.success(), "start with {free} bytes free: {st}");
+        let log = c.log(victim);
+        assert_full_disk_line(&log[before..], &store);
+    }
+    std::fs::remove_file(&filler).expect("remove the filler");
+    c.start(victim);
+    assert!(
+        c.wait_log(victim, Duration::from_secs(30), |l| startup_balances(l)
+            .contains(&1_000_000)),
+        "{}",
+        c.log(victim)
+    );
+    assert!(
+        c.wait_log(0, Duration::from_secs(60), |l| completed_snapshots(l).len()
+            >= 3),
+        "snapshots complete:\n{}",
+        c.log(0)
+    );
+    c.stop_all();
+    let (code, a) = c.audit();
+    assert_eq!(code, 0, "{a:#}");
+    assert_eq!(a["consistent"], true, "{a:#}");
+    assert_eq!(a["current_total"], 3_000_000, "{a:#}");
+    eprintln!(
+        "{test}: {} transfers, {:.1} s",
+        a["transfers"],
+        began.elapsed().as_secs_f64()
+    );
+}

@@ -119,7 +119,16 @@ pub struct SledKv {
     dir: std::path::PathBuf,
     /// Blob files already made durable (sled writes each once, under a new name).
     blobs_synced: std::collections::BTreeSet<std::ffi::OsString>,
+    /// The store is new: its [`CREATING`] file goes once the first durable batch is.
+    creating: bool,
 }
+
+/// A file in a store's directory from the moment it is created until its first durable batch
+/// (the schema and identity): a store that has it never held data. sled extends a new `db` to a
+/// whole segment before it writes anything, so a store whose creation failed (on a full disk)
+/// looks like a damaged log otherwise; with this file it is created anew instead, and a store
+/// without it that sled reads as empty is still refused as corrupt.
+const CREATING: &str = "creating";
 
 /// sled's page cache per branch; deliberately small: a branch reads its store only at start-up
 /// (the state and the unacknowledged runs) and otherwise only writes. At 8 MiB a 4-branch
@@ -144,7 +153,16 @@ impl SledKv {
         } else {
             crate::durable::create_dir_all(dir)
                 .map_err(|e| io_err("creating its directory", &e))?;
+            if !db_file.is_file() && !dir.join(CREATING).is_file() {
+                crate::durable::write_atomic(
+                    &dir.join(CREATING),
+                    b"this store is being created and holds no data yet\n",
+                    None,
+                )
+                .map_err(|e| io_err("creating it", &e))?;
+            }
         }
+        let new = dir.join(CREATING).is_file();
         // Size of `db` before sled touches it: see the empty-tree check below.
         let db_len = std::fs::metadata(&db_file).map_or(0, |m| m.len());
         prepare_for_sled(dir).map_err(|e| io_err("before opening", &e))?;
@@ -154,13 +172,25 @@ impl SledKv {
             .flush_every_ms(Some(1000));
         // sled may panic rather than fail on some corrupt files; a store we cannot read is an
         // error to report, not a crash.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        let open = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        let opened = match open() {
+            // A creation that failed left files sled cannot read, and no data: start it over.
+            // (sled held the store's lock while it read them, so no other process is creating
+            // it right now.)
+            Ok(Err(sled::Error::Corruption { .. })) | Err(_) if new && create => {
+                drop_sled_files(dir).map_err(|e| io_err("creating it anew", &e))?;
+                open()
+            }
+            other => other,
+        };
         match opened {
             // sled reads a `db` of zeros or garbage without a snapshot file as an empty database;
             // a store that held data must not start over (at the initial balance, creating money).
-            Ok(Ok(db)) if db.is_empty() && db_len > NEW_DB_MAX_BYTES => Err(KvError::Corrupt(
-                format!("its db file has {db_len} bytes but no data sled can read ({DAMAGED})"),
-            )),
+            Ok(Ok(db)) if db.is_empty() && db_len > NEW_DB_MAX_BYTES && !new => {
+                Err(KvError::Corrupt(format!(
+                    "its db file has {db_len} bytes but no data sled can read ({DAMAGED})"
+                )))
+            }
             Ok(Ok(db)) => {
                 let log = std::fs::OpenOptions::new()
                     .read(true)
@@ -172,6 +202,7 @@ impl SledKv {
                     log,
                     dir: dir.to_path_buf(),
                     blobs_synced: Default::default(),
+                    creating: new,
                 };
                 // What recovery wrote (its snapshot, a zeroed log tail) and, for a new store,
                 // the files and the store directory's own name.
@@ -184,12 +215,30 @@ impl SledKv {
             Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
                 Err(KvError::Locked)
             }
+            Ok(Err(sled::Error::Corruption { .. })) | Err(_) if new => Err(KvError::NotAStore(
+                "its creation did not finish and it holds no data yet".into(),
+            )),
             Ok(Err(e)) => Err(sled_err(e)),
             Err(_) => Err(KvError::Corrupt(format!(
                 "sled could not read its files ({DAMAGED})"
             ))),
         }
     }
+}
+
+/// Removes sled's files from a store that never held data (see [`CREATING`]).
+fn drop_sled_files(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name == "blobs" && e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())?;
+        } else if name == "db" || name == "conf" || name.starts_with("snap.") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    crate::durable::sync_dir(dir)
 }
 
 /// Before sled reads a store: drops the half-written recovery snapshots sled left when it was
@@ -384,7 +433,19 @@ impl Kv for SledKv {
 
     fn flush(&mut self) -> Result<(), KvError> {
         self.db.flush().map_err(sled_err)?;
-        self.sync().map_err(|e| io_err("syncing", &e))
+        self.sync().map_err(|e| io_err("syncing", &e))?;
+        if self.creating {
+            // The first batch is durable: from now on this store holds data.
+            match std::fs::remove_file(self.dir.join(CREATING)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("finishing its creation", &e)),
+            }
+            crate::durable::sync_dir(&self.dir)
+                .map_err(|e| io_err("finishing its creation", &e))?;
+            self.creating = false;
+        }
+        Ok(())
     }
 }
 
@@ -412,5 +473,52 @@ mod tests {
         assert!(d.ends_with("(os error 5)") && !d.contains("Os {"), "{d}");
         let other = std::io::Error::other("something else");
         assert_eq!(describe_io(&other), "something else");
+    }
+
+    /// Files a creation on a full disk can leave: a whole segment of `db` sled cannot read.
+    fn failed_creation(dir: &Path, marked: bool) {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut x: u32 = 7;
+        let junk: Vec<u8> = (0..524_287)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        std::fs::write(dir.join("db"), junk).unwrap();
+        if marked {
+            std::fs::write(dir.join(CREATING), b"").unwrap();
+        }
+    }
+
+    #[test]
+    fn a_store_whose_creation_failed_is_created_anew_and_only_that_one() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("s");
+        failed_creation(&store, true);
+        // Read only (snapctl): not a store yet, not a corrupt one.
+        assert!(matches!(
+            SledKv::open(&store, false).err(),
+            Some(KvError::NotAStore(_))
+        ));
+        let mut kv = SledKv::open(&store, true).unwrap();
+        assert!(kv.is_empty().unwrap());
+        assert!(store.join(CREATING).is_file(), "nothing durable yet");
+        kv.apply(vec![Op::Put(b"k".to_vec(), b"v".to_vec())], true)
+            .unwrap();
+        assert!(
+            !store.join(CREATING).exists(),
+            "the first durable batch ends it"
+        );
+        drop(kv);
+        let kv = SledKv::open(&store, true).unwrap();
+        assert_eq!(kv.get(b"k").unwrap(), Some(b"v".to_vec()));
+        drop(kv);
+        // The same files without the mark are a store that held data: refused, kept.
+        let other = d.path().join("t");
+        failed_creation(&other, false);
+        let e = SledKv::open(&other, true).err();
+        assert!(matches!(e, Some(KvError::Corrupt(_))), "{e:?}");
+        assert!(std::fs::metadata(other.join("db")).unwrap().len() >= 524_287);
     }
 }
