@@ -373,3 +373,88 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 pub fn sleep(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
+
+/// The directory of the `bank` and `snapctl` to run instead of the cargo-built ones, from env
+/// `SNAPBANK_BIN_DIR` (e.g. another commit's `target/release`, to run a test's faults against
+/// that build).
+pub fn bin_dir_override() -> Option<PathBuf> {
+    std::env::var_os("SNAPBANK_BIN_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `bank`: the cargo-built one, or the one in `SNAPBANK_BIN_DIR` (see [`bin_dir_override`]).
+pub fn bank_bin() -> PathBuf {
+    bin_dir_override().map_or_else(|| PathBuf::from(BANK), |d| d.join("bank"))
+}
+
+/// `snapctl`: the cargo-built one, or the one in `SNAPBANK_BIN_DIR` (see [`bin_dir_override`]).
+pub fn snapctl_bin() -> PathBuf {
+    bin_dir_override().map_or_else(|| PathBuf::from(SNAPCTL), |d| d.join("snapctl"))
+}
+
+/// The last line of a log that reports an error, a refusal or a panic (for failure messages).
+pub fn last_error_line(log: &str) -> Option<&str> {
+    log.lines().rev().find(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("error") || l.contains("refus") || l.contains("panic")
+    })
+}
+
+impl Cluster {
+    /// Like [`Cluster::start`], with the `bank` program at `bank`.
+    pub fn start_with(&mut self, i: usize, bank: &std::path::Path) {
+        assert!(self.children[i].is_none(), "branch {i} already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("open log");
+        let err = log.try_clone().expect("clone log");
+        let child = Command::new(bank)
+            .arg(self.addr(i))
+            .arg("--hosts")
+            .arg(self.hosts())
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bank.display()));
+        self.children[i] = Some(child);
+    }
+
+    /// The exit status of branch `i` if it has exited by itself (reaped; it is then no longer
+    /// running), `None` while it runs.
+    pub fn exited(&mut self, i: usize) -> Option<ExitStatus> {
+        let st = self.children[i].as_mut()?.try_wait().expect("try_wait")?;
+        self.children[i] = None;
+        Some(st)
+    }
+
+    /// `snapctl audit --json` of the stores with the `snapctl` program at `snapctl`: its exit
+    /// code and parsed report, or what it printed instead of JSON.
+    pub fn audit_with(
+        &self,
+        snapctl: &std::path::Path,
+    ) -> (i32, Result<serde_json::Value, String>) {
+        let out = Command::new(snapctl)
+            .args(["audit", "--json", "--data-dir"])
+            .arg(self.data())
+            .arg("--hosts")
+            .arg(self.hosts())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", snapctl.display()));
+        let code = out.status.code().unwrap_or(-1);
+        let report = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "audit output is not JSON ({e}): {} {}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        });
+        (code, report)
+    }
+}
