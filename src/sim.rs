@@ -89,10 +89,10 @@
 //! `SNAPBANK_SIM_BUG=ack-before-durable|record-past-marker|shell-sends-first` and
 //! `SNAPBANK_SIM_CONTRACT=0|1`).
 
+use crate::check::{check_stored, StoredBranch};
 #[cfg(test)]
 use crate::core::InjectedBug;
 use crate::core::{Branch, CoreConfig, DurableState, Link, Outgoing, ProtocolError, WriteBatch};
-use crate::check::{check_stored, StoredBranch};
 use crate::net::ready::apply_ready;
 use crate::snapshot::GlobalSnapshot;
 use crate::store::{cluster_id, Identity, MemKv, MemStore};

@@ -175,6 +175,10 @@ pub struct BranchStatus {
     pub restarts: u64,
     /// Start of the history the transfer logs still hold (the last compaction's snapshot).
     pub history_from: SnapshotId,
+    /// Initiator: the first completed snapshot that did not conserve money (0: none); from it
+    /// on nothing is compacted or pruned.
+    #[serde(default)]
+    pub unconserved_since: SnapshotId,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -431,6 +435,7 @@ mod tests {
                 uptime_ms: 1000,
                 restarts: 2,
                 history_from: SnapshotId(3),
+                unconserved_since: SnapshotId(0),
             })),
             Message::Reply(Reply::SnapshotDone {
                 snapshot: SnapshotId(4),

@@ -360,6 +360,12 @@ fn format_status(answers: &[Result<BranchStatus, String>], hosts: &HostList) -> 
                     format!("{:.1}s", st.uptime_ms as f64 / 1000.0),
                     st.restarts
                 );
+                if st.unconserved_since.0 != 0 {
+                    waits.push(format!(
+                        "  {me}: MONEY NOT CONSERVED at snapshot {} (compaction and pruning stopped since; stop the cluster, run `snapctl audit`, then `snapctl restore`)",
+                        st.unconserved_since
+                    ));
+                }
                 for p in &st.pending {
                     let list =
                         |v: &[BranchId]| v.iter().map(|b| name(*b)).collect::<Vec<_>>().join(", ");

@@ -360,6 +360,7 @@ impl Console {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             restarts: self.restarts,
             history_from: st.history_from,
+            unconserved_since: st.unconserved_since,
         }
     }
 }
