@@ -449,6 +449,9 @@ pub struct Branch {
     /// would reuse sequence numbers the peer already applied, even while the peer is out of
     /// reach), and the initiator starts no snapshot.
     verified: Vec<bool>,
+    /// The core was built from a store that never committed anything: no snapshot id of it can
+    /// have been seen, so the initiator need not hold its snapshots for the peers' positions.
+    fresh: bool,
     /// Per peer: an acknowledgement should be sent at the end of this step.
     ack_due: Vec<bool>,
     /// Per peer: index into `ready.send` of a `Transfers` message still open for appending.
@@ -500,7 +503,9 @@ impl Branch {
                 .insert(part.branch, part);
         }
         let rng = StdRng::seed_from_u64(cfg.seed);
+        let fresh = rec.state == DurableState::genesis(n, cfg.initial_balance);
         Branch {
+            fresh,
             state: rec.state,
             unacked,
             unsent_parts: rec.unsent_parts.into(),
@@ -675,7 +680,7 @@ impl Branch {
             .peers()
             .filter(|p| !self.position_known(*p))
             .count();
-        if unverified > 0 {
+        if unverified > 0 && !self.fresh {
             self.ready.notices.push(Notice::SnapshotHeld { unverified });
             return;
         }
