@@ -7,9 +7,9 @@ use bytes::BytesMut;
 use common::*;
 use snapbank::hosts::HostList;
 use snapbank::secure::{self, BranchKeys, ClusterKey, Mode, Preamble};
-use snapbank::types::{BranchId, Seq};
+use snapbank::types::{BranchId, Seq, SnapshotId};
 use snapbank::wire::{Message, MessageCodec};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -62,7 +62,8 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => return false,
         }
     }
@@ -233,6 +234,20 @@ fn a_replayed_transfer_frame_moves_no_money() {
         )
         .expect("encode hello");
     conn.write_all(&hello).expect("hello");
+    // Branch 0 opens with its position and sends transfers only once the receiver's first
+    // acknowledgement agrees with its store: a fresh receiver has applied nothing.
+    let mut ack = BytesMut::new();
+    codec
+        .encode(
+            Message::Ack {
+                applied: Seq(0),
+                marker: SnapshotId(0),
+                part: SnapshotId(0),
+            },
+            &mut ack,
+        )
+        .expect("encode ack");
+    conn.write_all(&ack).expect("first ack");
     // Record everything until a Transfers frame decrypts (never acknowledged).
     let handshake_len = raw.len();
     let mut stream = BytesMut::new();
@@ -240,7 +255,19 @@ fn a_replayed_transfer_frame_moves_no_money() {
     let mut buf = [0u8; 65536];
     let end = Instant::now() + Duration::from_secs(10);
     while saw_transfers == 0 && Instant::now() < end {
-        let n = conn.read(&mut buf).expect("read from branch 0");
+        let n = match conn.read(&mut buf) {
+            Ok(n) => n,
+            // A signal to this test process (another test's child exiting) or the read timeout.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => panic!("read from branch 0: {e}"),
+        };
         assert!(n > 0, "branch 0 closed");
         raw.extend_from_slice(&buf[..n]);
         stream.extend_from_slice(&buf[..n]);
