@@ -153,11 +153,7 @@ impl Cluster {
                 }
             }
         }
-        let names = identity
-            .branches
-            .iter()
-            .map(|b| b.strip_suffix(":S").unwrap_or(b).to_string())
-            .collect();
+        let names = crate::check::names_of(&identity);
         Ok(Cluster {
             identity,
             stores: ordered,

@@ -38,7 +38,7 @@
 
 use crate::core::DurableState;
 use crate::snapshot::{GlobalSnapshot, LocalPart};
-use crate::store::{BankStore, Kv, StoreError};
+use crate::store::{BankStore, Identity, Kv, StoreError};
 use crate::types::{Amount, BranchId, Seq, SnapshotId};
 use crate::wire::RangeSum;
 use serde::Serialize;
@@ -322,25 +322,39 @@ pub fn check_stored<K: Kv>(
     let Some(first) = branches.first() else {
         return Ok(Findings::default());
     };
-    let id = first.store.identity();
-    let names: Vec<String> = id
-        .branches
-        .iter()
-        .map(|b| b.strip_suffix(":S").unwrap_or(b).to_string())
-        .collect();
-    let view = View {
-        names: &names,
+    let names = names_of(first.store.identity());
+    let view = stored_view(first.store.identity(), &names, branches, globals);
+    let stores: Vec<&BankStore<K>> = branches.iter().map(|b| b.store).collect();
+    let states: Vec<&DurableState> = branches.iter().map(|b| b.state).collect();
+    let logs = StoreLogs::build(&stores, &states, &plan(&view))?;
+    check(&view, &logs)
+}
+
+/// The checker's view of a cluster of stores (as [`check_stored`] checks it), for a caller with
+/// its own [`LogSource`] (the simulator's mirror of the logs).
+pub fn stored_view<'a, K: Kv>(
+    id: &Identity,
+    names: &'a [String],
+    branches: &[StoredBranch<'a, K>],
+    globals: &'a [GlobalSnapshot],
+) -> View<'a> {
+    View {
+        names,
         initial_balance: id.initial_balance,
         globals,
         branches: branches
             .iter()
             .map(|b| BranchView::stored(b.state, b.parts))
             .collect(),
-    };
-    let stores: Vec<&BankStore<K>> = branches.iter().map(|b| b.store).collect();
-    let states: Vec<&DurableState> = branches.iter().map(|b| b.state).collect();
-    let logs = StoreLogs::build(&stores, &states, &plan(&view))?;
-    check(&view, &logs)
+    }
+}
+
+/// Branch addresses for the checker's messages: the identity's, without the initiator's `:S`.
+pub fn names_of(id: &Identity) -> Vec<String> {
+    id.branches
+        .iter()
+        .map(|b| b.strip_suffix(":S").unwrap_or(b).to_string())
+        .collect()
 }
 
 /// The transfer logs of a cluster's stores, indexed for a known set of ranges: per channel,

@@ -89,15 +89,15 @@
 //! `SNAPBANK_SIM_BUG=ack-before-durable|record-past-marker|shell-sends-first` and
 //! `SNAPBANK_SIM_CONTRACT=0|1`).
 
-use crate::check::{check_stored, StoredBranch};
+use crate::check::{check, check_stored, names_of, stored_view, LogRange, LogSource, StoredBranch};
 #[cfg(test)]
 use crate::core::InjectedBug;
 use crate::core::{Branch, CoreConfig, DurableState, Link, Outgoing, ProtocolError, WriteBatch};
 use crate::net::ready::apply_ready;
-use crate::snapshot::GlobalSnapshot;
-use crate::store::{cluster_id, Identity, MemKv, MemStore};
+use crate::snapshot::{GlobalSnapshot, LocalPart};
+use crate::store::{cluster_id, Identity, MemKv, MemStore, StoreError};
 use crate::types::{Amount, BranchId, Micros, Seq};
-use crate::wire::Message;
+use crate::wire::{Message, RangeSum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeSet, VecDeque};
@@ -567,6 +567,8 @@ pub const STORE_HISTORY_MAX: usize = 12;
 struct Node {
     cfg: CoreConfig,
     store: MemStore,
+    /// The store's parts as [`MemStore::parts`] reads them; `None` after a commit.
+    parts: Option<Vec<LocalPart>>,
     /// The store's contents after each of its last commits, oldest first.
     history: VecDeque<MemKv>,
     /// `None` while crashed.
@@ -652,6 +654,37 @@ impl ShadowLog {
     }
 }
 
+/// The checker's [`LogSource`] over the simulator's mirror of the logs, cut to what each store
+/// holds: `(compacted, sent]` of its durable state (the stores' logs themselves are compared
+/// with the mirror on every commit, over what is in flight and unacknowledged, and read whole
+/// every [`STORE_CHECK_EVERY`]th check).
+struct MirroredLogs<'s, 'a>(&'s Sim<'a>);
+
+impl LogSource for MirroredLogs<'_, '_> {
+    fn range(&self, r: LogRange) -> Result<RangeSum, StoreError> {
+        let sim = self.0;
+        let (i, j) = (r.from.index(), r.to.index());
+        let out = &sim.nodes[i].dur.out[j];
+        let log = &sim.logs[i * sim.n + j];
+        let lo = r.after.max(out.compacted);
+        let hi = r.upto.min(out.sent);
+        let (count, money) = if hi > lo {
+            match (log.upto(lo), log.upto(hi)) {
+                (Some(a), Some(b)) => (hi.0 - lo.0, b - a),
+                _ => (0, 0),
+            }
+        } else {
+            (0, 0)
+        };
+        Ok(RangeSum {
+            count,
+            money,
+            whole: r.upto <= r.after || count == r.upto.0 - r.after.0,
+            compacted: out.compacted,
+        })
+    }
+}
+
 const RECENT_MAX: usize = 24;
 
 struct Sim<'a> {
@@ -680,7 +713,18 @@ struct Sim<'a> {
     /// Branches that restarted on a store put back in time (the per-step checks are off once
     /// one did: until the cluster finds out, its money is not conserved).
     rolled_back: BTreeSet<usize>,
+    /// The initiator's global snapshots as its store holds them; `None` after it commits.
+    globals: Option<Vec<GlobalSnapshot>>,
+    /// Branch addresses for the checker's messages.
+    names: Vec<String>,
+    /// Runs of the one checker so far (every [`STORE_CHECK_EVERY`]th reads the stores' logs).
+    checker_runs: u64,
 }
+
+/// Every this many runs of the one checker, it reads the transfer logs from the stores
+/// themselves (as `snapctl audit` does) instead of the simulator's mirror of them; the last
+/// check of a run always does.
+const STORE_CHECK_EVERY: u64 = 16;
 
 impl<'a> Sim<'a> {
     fn new(seed: u64, opts: &'a SimOptions) -> Sim<'a> {
@@ -722,6 +766,7 @@ impl<'a> Sim<'a> {
                 cfg,
                 history: VecDeque::new(),
                 store,
+                parts: None,
                 core: Some(core),
                 pending: false,
                 dur,
@@ -751,6 +796,14 @@ impl<'a> Sim<'a> {
             trace: Fnv(0xcbf2_9ce4_8422_2325),
             recent: VecDeque::with_capacity(RECENT_MAX + 1),
             rolled_back: BTreeSet::new(),
+            globals: None,
+            names: names_of(&Identity {
+                cluster_id: cluster,
+                branches: entries,
+                me: BranchId(0),
+                initial_balance: opts.initial_balance,
+            }),
+            checker_runs: 0,
         }
     }
 
@@ -1280,6 +1333,10 @@ impl<'a> Sim<'a> {
             self.nodes[c].history.truncate(kept - rolled_back);
             self.nodes[c].store = MemStore::reopen_mem(kv)
                 .map_err(|e| format!("#{c}: an earlier copy of its store does not open: {e}"))?;
+            self.nodes[c].parts = None;
+            if c == 0 {
+                self.globals = None;
+            }
             self.nodes[c].dur = match self.nodes[c].store.state() {
                 Ok(Some(st)) => st,
                 Ok(None) => DurableState::genesis(self.n, self.opts.initial_balance),
@@ -1437,6 +1494,13 @@ impl<'a> Sim<'a> {
             if self.rolled_back.is_empty() {
                 self.check_global(g)?;
             }
+        }
+        // Only these change what `parts()` and `globals()` read (the checker re-reads them).
+        if !batch.parts.is_empty() || batch.prune_below.is_some() {
+            self.nodes[i].parts = None;
+        }
+        if i == 0 && (!batch.globals.is_empty() || batch.prune_below.is_some()) {
+            self.globals = None;
         }
         self.touched.push(i);
         Ok(())
@@ -1650,7 +1714,7 @@ impl<'a> Sim<'a> {
         for &x in &touched {
             self.check_store_logs(x)?;
         }
-        if !touched.is_empty() {
+        if !touched.is_empty() || self.phase == Phase::Final {
             self.check_stores()?;
         }
         self.check_live()
@@ -1659,32 +1723,57 @@ impl<'a> Sim<'a> {
     /// The one checker ([`crate::check`], as `snapctl audit` runs it) over the stores as they
     /// are: every kept snapshot, its channels against the logs, each ledger step to now and the
     /// durable state.
-    fn check_stores(&self) -> Result<(), String> {
-        let parts = self
-            .nodes
-            .iter()
-            .map(|nd| nd.store.parts())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("parts unreadable: {e}"))?;
-        let globals = self.nodes[0]
-            .store
-            .globals()
-            .map_err(|e| format!("globals unreadable: {e}"))?;
+    fn check_stores(&mut self) -> Result<(), String> {
+        for nd in &mut self.nodes {
+            if nd.parts.is_none() {
+                nd.parts = Some(
+                    nd.store
+                        .parts()
+                        .map_err(|e| format!("parts unreadable: {e}"))?,
+                );
+            }
+        }
+        if self.globals.is_none() {
+            self.globals = Some(
+                self.nodes[0]
+                    .store
+                    .globals()
+                    .map_err(|e| format!("globals unreadable: {e}"))?,
+            );
+        }
+        self.checker_runs += 1;
+        let from_stores = self.phase == Phase::Final || self.checker_runs % STORE_CHECK_EVERY == 0;
+        let globals = self.globals.as_deref().unwrap_or_default();
         let branches: Vec<StoredBranch<'_, MemKv>> = self
             .nodes
             .iter()
-            .zip(&parts)
-            .map(|(nd, parts)| StoredBranch {
+            .map(|nd| StoredBranch {
                 store: &nd.store,
                 state: &nd.dur,
-                parts,
+                parts: nd.parts.as_deref().unwrap_or_default(),
             })
             .collect();
-        let found = check_stored(&branches, &globals).map_err(|e| format!("checker: {e}"))?;
+        let found = if from_stores {
+            check_stored(&branches, globals)
+        } else {
+            let view = stored_view(
+                self.nodes[0].store.identity(),
+                &self.names,
+                &branches,
+                globals,
+            );
+            check(&view, &MirroredLogs(self))
+        }
+        .map_err(|e| format!("checker: {e}"))?;
         if found.consistent() {
             Ok(())
         } else {
-            Err(format!("checker: {}", found.strings().join("; ")))
+            let via = if from_stores {
+                "stores' logs"
+            } else {
+                "mirrored logs"
+            };
+            Err(format!("checker ({via}): {}", found.strings().join("; ")))
         }
     }
 
