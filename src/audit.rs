@@ -87,9 +87,13 @@ impl Cluster {
                 .collect(),
             None => discover(data_dir)?,
         };
+        // A half-restored cluster is a mix of old and new stores: no verdict on it means anything.
+        crate::restore::refuse_if_unfinished(data_dir, data_dir)?;
         let mut stores = Vec::with_capacity(dirs.len());
         for dir in &dirs {
-            stores.push(SledStore::open(dir, None)?);
+            let store = SledStore::open(dir, None)?;
+            store.refuse_if_restoring()?;
+            stores.push(store);
         }
         let identity = stores[0].identity().clone();
         if let Some(h) = hosts {

@@ -340,6 +340,11 @@ fn an_interrupted_restore_keeps_every_branch_stopped_until_it_is_run_again() {
                 "{sb_err}"
             );
             assert!(!sb_err.contains("started bank"), "{sb_err}");
+            // The audit gives no verdict on a half-restored cluster.
+            let audit = c.snapctl(&["audit"]);
+            let audit_err = String::from_utf8_lossy(&audit.stderr);
+            assert_eq!(audit.status.code(), Some(2), "{audit_err}");
+            assert!(audit_err.contains(&unfinished), "{audit_err}");
             // Another snapshot is refused until this restore is finished.
             let other = restore_cmd(&c, k - 1, None);
             let other_err = String::from_utf8_lossy(&other.stderr);
