@@ -2,8 +2,10 @@
 //! and take Chandy–Lamport global snapshots that survive crashes and partitions.
 //!
 //! Layout:
-//! - [`core`]: the branch protocol as a pure state machine (events in; persist, send, notices out)
-//! - [`wire`]: messages and their length-prefixed CBOR framing
+//! - [`core`]: the branch protocol as a pure state machine (events in; persist, send, notices
+//!   out), from the I/O-free protocol crate `snapbank-proto` (`crates/proto`), as are
+//!   [`snapshot`] and [`types`]
+//! - [`wire`]: the protocol crate's messages and their length-prefixed framing on a connection
 //! - [`store`]: durable state in sled (and an in-memory twin), key layout and migrations
 //! - [`durable`]: atomic, fsynced whole-file writes and directory syncs (what "durable" means)
 //! - [`daemon`]: the `bank` program: flags, store opening, runtime and signals
@@ -29,7 +31,7 @@ pub mod report;
 pub mod restore;
 pub mod secure;
 pub mod sim;
-pub mod snapshot;
+pub use snapbank_proto::snapshot;
 pub mod store;
-pub mod types;
+pub use snapbank_proto::types;
 pub mod wire;

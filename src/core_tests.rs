@@ -8,7 +8,13 @@
 //! its store.
 
 use super::*;
+use crate::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
 use crate::store::{Identity, MemStore};
+use crate::types::{Amount, BranchId, Micros, Seq, SnapshotId};
+use crate::wire::{Message, TRANSFERS_PER_FRAME_MAX};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, VecDeque};
 
 // ---- harness ------------------------------------------------------------------------------
 
@@ -332,7 +338,7 @@ impl Sim {
     }
 
     fn transfer(&mut self, from: usize, to: usize, amount: Amount) {
-        self.run(from, |c, _| c.send_transfer(b(to), amount));
+        self.run(from, |c, _| c.send_transfer_for_test(b(to), amount));
     }
 
     fn tick_transfer(&mut self, at: usize) -> bool {
@@ -589,7 +595,9 @@ fn resend_splits_long_runs_at_the_frame_limit() {
     let mut s = Sim::with(2, |c| c.initial_balance = 10_000);
     s.disconnect(1, 0);
     let n = TRANSFERS_PER_FRAME_MAX + 6;
-    s.run(1, |c, _| (0..n).for_each(|_| c.send_transfer(b(0), 1)));
+    s.run(1, |c, _| {
+        (0..n).for_each(|_| c.send_transfer_for_test(b(0), 1))
+    });
     let runs: Vec<(Seq, usize)> = msgs(s.connect(1, 0))
         .into_iter()
         .filter_map(|m| match m {
@@ -643,7 +651,7 @@ fn initiator_restarting_while_collecting_parts_still_completes_the_snapshot() {
     assert_eq!(from, vec![b(0), b(1)]);
     assert_eq!(s.cores[0].state().completed, SnapshotId(0));
     s.crash(0); // #2's part is lost with the connection
-    let reloaded = s.cores[0].collected.get(&SnapshotId(1)).map(|m| m.len());
+    let reloaded = s.cores[0].collected().get(&SnapshotId(1)).map(|m| m.len());
     assert_eq!(reloaded, Some(2), "collected parts survive the crash");
     s.heal();
     s.deliver_all();
@@ -652,7 +660,7 @@ fn initiator_restarting_while_collecting_parts_still_completes_the_snapshot() {
     assert_eq!(gs.len(), 1);
     s.check_global(&gs[0]);
     assert!(s.stores[0].collected().expect("collected").is_empty());
-    assert!(s.cores[2].unsent_parts.is_empty()); // the resent part was acknowledged
+    assert!(s.cores[2].unsent_parts().is_empty()); // the resent part was acknowledged
 }
 
 // ---- exactly-once transfers ---------------------------------------------------------------
@@ -723,7 +731,7 @@ fn acks_are_cumulative_and_prune_the_unacked_queue() {
     assert_eq!(s.queue(Chan::acks(0, 1)).len(), 5);
     let (res, _) = s.run(1, |c, now| c.on_message(b(0), ack(3), now));
     assert_eq!(res, Ok(()));
-    assert_eq!(s.cores[1].unacked[0], [(Seq(4), 4), (Seq(5), 5)]);
+    assert_eq!(s.cores[1].unacked_queues()[0], [(Seq(4), 4), (Seq(5), 5)]);
     assert_eq!(s.cores[1].state().out[0].acked, Seq(3));
     // Acks only grow (one connection's come in order, and a new connection's first one is the
     // receiver's durable state): an older one says the receiver's store went back in time.
@@ -830,7 +838,11 @@ fn unacked_cap_bounds_outstanding_transfers_per_channel() {
     s.deliver_all();
     let made = (0..20).filter(|_| s.tick_transfer(1)).count();
     assert_eq!(made, 6, "two channels of three");
-    let lens: Vec<usize> = s.cores[1].unacked.iter().map(|q| q.len()).collect();
+    let lens: Vec<usize> = s.cores[1]
+        .unacked_queues()
+        .iter()
+        .map(|q| q.len())
+        .collect();
     assert_eq!(lens, vec![3, 0, 3]);
     s.deliver_all();
     assert_eq!(s.cores[1].unacked_total(), 0);
@@ -862,7 +874,7 @@ fn a_completed_snapshot_compacts_each_log_to_the_receivers_recorded_watermark() 
     let g = &s.globals()[0];
     assert_eq!(channel(g, 1, 2), (Seq(1), Seq(3), 30, 2));
     for c in &s.cores {
-        assert_eq!(c.state().history_from, SnapshotId(1), "#{}", c.cfg.me);
+        assert_eq!(c.state().history_from, SnapshotId(1), "#{}", c.config().me);
     }
     // #2 recorded watermark 1 from #1, so #1 keeps (1, 3]: snapshot 1's channel state stays
     // checkable, although all three are acknowledged by now.
@@ -995,8 +1007,8 @@ fn a_stale_compaction_notice_changes_nothing() {
 
 fn assert_rejected(s: &mut Sim, at: usize, from: usize, msg: Message, expected: ProtocolError) {
     let state = s.cores[at].state().clone();
-    let unacked = s.cores[at].unacked.clone();
-    let collected = s.cores[at].collected.clone();
+    let unacked = s.cores[at].unacked_queues().to_vec();
+    let collected = s.cores[at].collected().clone();
     let (res, ready) = s.run(at, |c, now| c.on_message(b(from), msg, now));
     match (res, expected) {
         (Err(ProtocolError::BadPart(_)), ProtocolError::BadPart(_)) => {}
@@ -1005,8 +1017,8 @@ fn assert_rejected(s: &mut Sim, at: usize, from: usize, msg: Message, expected: 
         (res, expected) => assert_eq!(res, Err(expected)),
     }
     assert_eq!(s.cores[at].state(), &state, "the state changed");
-    assert_eq!(s.cores[at].unacked, unacked);
-    assert_eq!(s.cores[at].collected, collected);
+    assert_eq!(s.cores[at].unacked_queues(), unacked);
+    assert_eq!(s.cores[at].collected(), &collected);
     assert!(ready.persist.is_empty() && ready.send.is_empty() && ready.notices.is_empty());
 }
 
@@ -1076,8 +1088,10 @@ fn marker_for_a_snapshot_the_initiator_never_started_is_rejected() {
 #[test]
 fn overflowing_transfers_are_rejected_and_change_nothing() {
     let mut s = Sim::linked(2);
-    s.cores[0].state.balance = Amount::MAX - 10;
-    s.stores[0].put_state(&s.cores[0].state).expect("put state");
+    s.cores[0].state_mut().balance = Amount::MAX - 10;
+    s.stores[0]
+        .put_state(s.cores[0].state())
+        .expect("put state");
     let msg = transfers(1, &[5, 100]);
     assert_rejected(&mut s, 0, 1, msg, ProtocolError::Overflow);
 }
@@ -1128,7 +1142,7 @@ fn random_schedule(seed: u64, steps: usize) {
         assert_eq!(core.snapshots_in_flight(), 0, "#{i} still recording");
         assert_eq!(core.unacked_total(), 0, "#{i} has unacknowledged transfers");
         assert!(
-            core.unsent_parts.is_empty(),
+            core.unsent_parts().is_empty(),
             "#{i} has unacknowledged parts"
         );
         assert!(core.state().out.iter().all(|o| o.markers.is_empty()));

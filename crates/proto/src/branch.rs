@@ -27,12 +27,10 @@
 //! When all incoming channels are closed the branch's part is durable and sent to the initiator,
 //! which assembles and keeps the global snapshot.
 
-#[cfg(test)]
-mod tests;
-
+use crate::message::{Message, Position, TRANSFERS_PER_FRAME_MAX};
+pub use crate::snapshot::Pending;
 use crate::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
 use crate::types::{Amount, BranchId, Micros, Seq, SnapshotId};
-use crate::wire::{Message, Position, TRANSFERS_PER_FRAME_MAX};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -275,18 +273,6 @@ pub enum Notice {
     },
 }
 
-/// A snapshot this branch is still waiting on, and what for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pending {
-    pub snapshot: SnapshotId,
-    /// When this branch recorded its state for it (initiator: when it started it).
-    pub since: Micros,
-    /// Incoming channels whose marker has not arrived.
-    pub markers_from: Vec<BranchId>,
-    /// Initiator: branches whose part has not arrived.
-    pub parts_from: Vec<BranchId>,
-}
-
 /// Output of a step. Persist first, then send, then log.
 #[derive(Debug, Default)]
 pub struct Ready {
@@ -459,14 +445,14 @@ pub struct Branch {
     rng: StdRng,
     dirty: bool,
     ready: Ready,
-    #[cfg(test)]
+    #[cfg(feature = "testing")]
     bug: Option<InjectedBug>,
-    #[cfg(test)]
+    #[cfg(feature = "testing")]
     stale_state: Option<DurableState>,
 }
 
 /// Deliberately wrong orderings, switched on only in tests, to prove the simulator finds them.
-#[cfg(test)]
+#[cfg(feature = "testing")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InjectedBug {
     /// Acknowledge credits before they are durable: the state of a step is persisted only with
@@ -519,21 +505,21 @@ impl Branch {
             rng,
             dirty: false,
             ready: Ready::default(),
-            #[cfg(test)]
+            #[cfg(feature = "testing")]
             bug: None,
-            #[cfg(test)]
+            #[cfg(feature = "testing")]
             stale_state: None,
             cfg,
         }
     }
 
     /// Switches on a deliberate bug (tests only).
-    #[cfg(test)]
+    #[cfg(feature = "testing")]
     pub fn inject_bug(&mut self, bug: InjectedBug) {
         self.bug = Some(bug);
     }
 
-    #[cfg(test)]
+    #[cfg(feature = "testing")]
     fn has_bug(&self, bug: InjectedBug) -> bool {
         self.bug == Some(bug)
     }
@@ -636,7 +622,7 @@ impl Branch {
 
     /// Whether `peer` acknowledged (and agreed with this store) since this core was built.
     fn position_known(&self, peer: BranchId) -> bool {
-        #[cfg(test)]
+        #[cfg(feature = "testing")]
         if self.has_bug(InjectedBug::NoPositionCheck) {
             return true;
         }
@@ -702,7 +688,7 @@ impl Branch {
     /// A sender whose store went back in time would otherwise reuse sequence numbers the receiver
     /// already applied, which it would drop as duplicates: money lost without a word.
     pub fn on_link_up(&mut self, peer: BranchId, epoch: u64) {
-        #[cfg(test)]
+        #[cfg(feature = "testing")]
         if self.has_bug(InjectedBug::NoPositionCheck) {
             return self.open_link(peer, epoch);
         }
@@ -843,7 +829,7 @@ impl Branch {
                 });
             }
         }
-        #[cfg(test)]
+        #[cfg(feature = "testing")]
         if self.has_bug(InjectedBug::AckBeforeDurable) {
             // Persist the state as of the previous step only.
             self.ready.persist.state = self.stale_state.take();
@@ -927,9 +913,9 @@ impl Branch {
                 // Cannot overflow: checked for the whole message above.
                 self.state.balance += amount;
                 self.state.inc[p].applied = seq;
-                #[cfg(test)]
+                #[cfg(feature = "testing")]
                 let past_marker = self.has_bug(InjectedBug::RecordPastMarker);
-                #[cfg(not(test))]
+                #[cfg(not(feature = "testing"))]
                 let past_marker = false;
                 for rec in self.state.recording.values_mut() {
                     let ch = &mut rec.inc[p];
@@ -977,9 +963,9 @@ impl Branch {
                 other_saw: saw,
             }));
         }
-        #[cfg(test)]
+        #[cfg(feature = "testing")]
         let checked = !self.has_bug(InjectedBug::NoPositionCheck);
-        #[cfg(not(test))]
+        #[cfg(not(feature = "testing"))]
         let checked = true;
         // The receiver acknowledges less than it did before: its store is behind.
         let theirs = [
@@ -1458,5 +1444,35 @@ impl Branch {
             self.ready.persist.prune_below = Some(keep_from);
         }
         self.dirty = true;
+    }
+}
+
+/// Internals the scripted core tests (`snapbank::core`'s tests) drive and inspect; only with the
+/// `testing` feature, which no production build enables.
+#[cfg(feature = "testing")]
+impl Branch {
+    /// Sends one transfer now, bypassing the pacing of [`Branch::on_transfer_tick`].
+    pub fn send_transfer_for_test(&mut self, to: BranchId, amount: Amount) {
+        self.send_transfer(to, amount)
+    }
+
+    /// Per peer: the unacknowledged transfers `(seq, amount)`, oldest first.
+    pub fn unacked_queues(&self) -> &[VecDeque<(Seq, Amount)>] {
+        &self.unacked
+    }
+
+    /// Parts completed here and not yet acknowledged by the initiator.
+    pub fn unsent_parts(&self) -> &VecDeque<LocalPart> {
+        &self.unsent_parts
+    }
+
+    /// Initiator: parts collected per snapshot still being assembled.
+    pub fn collected(&self) -> &BTreeMap<SnapshotId, BTreeMap<BranchId, LocalPart>> {
+        &self.collected
+    }
+
+    /// The durable state, writable: to set up states no run reaches quickly.
+    pub fn state_mut(&mut self) -> &mut DurableState {
+        &mut self.state
     }
 }

@@ -70,3 +70,15 @@ impl GlobalSnapshot {
         self.total == self.expected_total as u128
     }
 }
+
+/// A snapshot this branch is still waiting on, and what for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub snapshot: SnapshotId,
+    /// When this branch recorded its state for it (initiator: when it started it).
+    pub since: Micros,
+    /// Incoming channels whose marker has not arrived.
+    pub markers_from: Vec<BranchId>,
+    /// Initiator: branches whose part has not arrived.
+    pub parts_from: Vec<BranchId>,
+}
