@@ -157,6 +157,9 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         snapshot_phases: args.snapshot_phases,
         metrics: Metrics::new(addr, started),
     };
+    cfg.core
+        .validate()
+        .map_err(|e| anyhow::anyhow!("branch {addr}: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

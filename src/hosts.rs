@@ -78,10 +78,14 @@ impl HostList {
                 what: "names no branch".to_string(),
             });
         }
-        if branches.len() > u16::MAX as usize {
+        if branches.len() > crate::wire::BRANCHES_MAX {
             return Err(HostListError::Whole {
                 file: file.to_string(),
-                what: format!("names {} branches, at most {}", branches.len(), u16::MAX),
+                what: format!(
+                    "names {} branches, at most {} (a global snapshot must fit in one frame): split the bank",
+                    branches.len(),
+                    crate::wire::BRANCHES_MAX
+                ),
             });
         }
         let initiator = match initiators.as_slice() {
@@ -102,6 +106,12 @@ impl HostList {
                 })
             }
         };
+        if branches.len() == 1 {
+            return Err(HostListError::Whole {
+                file: file.to_string(),
+                what: "names one branch: a bank moves money between at least 2".to_string(),
+            });
+        }
         let initiator_idx = branches.iter().position(|b| b == initiator).unwrap_or(0);
         Ok(HostList {
             branches,
@@ -281,6 +291,24 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.starts_with(loc) && e.contains(what), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn one_branch_or_more_than_branches_max_is_an_error() {
+        let one = parse("127.0.0.1:8000:S\n").unwrap_err().to_string();
+        assert!(one.contains("names one branch"), "{one}");
+        let many: String = (0..=crate::wire::BRANCHES_MAX)
+            .map(|i| format!("127.0.0.1:{}{}\n", 9000 + i, if i == 0 { ":S" } else { "" }))
+            .collect();
+        let e = parse(&many).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("at most {}", crate::wire::BRANCHES_MAX)),
+            "{e}"
+        );
+        let max: String = (0..crate::wire::BRANCHES_MAX)
+            .map(|i| format!("127.0.0.1:{}{}\n", 9000 + i, if i == 0 { ":S" } else { "" }))
+            .collect();
+        assert!(parse(&max).is_ok());
     }
 
     #[test]

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 )]
 struct Args {
     /// Cluster sizes to run, one after the other.
-    #[arg(long, value_delimiter = ',', default_value = "4,16,32,64", value_parser = clap::value_parser!(u16).range(2..=1000))]
+    #[arg(long, value_delimiter = ',', default_value = "4,16,32,64", value_parser = clap::value_parser!(u16).range(2..=snapbank::wire::BRANCHES_MAX as i64))]
     branches: Vec<u16>,
     /// Measurement window of each run (after the first snapshot completed).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]

@@ -27,7 +27,7 @@
 //! When all incoming channels are closed the branch's part is durable and sent to the initiator,
 //! which assembles and keeps the global snapshot.
 
-use crate::message::{Message, Position, TRANSFERS_PER_FRAME_MAX};
+use crate::message::{Message, Position, BRANCHES_MAX, TRANSFERS_PER_FRAME_MAX};
 pub use crate::snapshot::Pending;
 use crate::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
 use crate::types::{Amount, BranchId, Micros, Seq, SnapshotId};
@@ -61,6 +61,45 @@ pub struct CoreConfig {
 impl CoreConfig {
     pub fn genesis_total(&self) -> Amount {
         self.initial_balance * self.branches as Amount
+    }
+
+    /// Checks what the types cannot, naming the setting: the cluster size against
+    /// [`BRANCHES_MAX`], the indexes against it, every limit at least 1, and a bank whose total
+    /// money fits an [`Amount`]. [`Branch::new`] asserts it; the daemon reports it as an error.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.branches as usize;
+        if !(2..=BRANCHES_MAX).contains(&n) {
+            return Err(format!(
+                "a cluster has 2..={BRANCHES_MAX} branches, not {n}"
+            ));
+        }
+        if self.me.index() >= n || self.initiator.index() >= n {
+            return Err(format!(
+                "branch {} and initiator {} must be below the {n} branches",
+                self.me, self.initiator
+            ));
+        }
+        if self.initial_balance.checked_mul(n as Amount).is_none() {
+            return Err(format!(
+                "initial balance {} × {n} branches does not fit in a u64: choose a smaller --initial-balance",
+                self.initial_balance
+            ));
+        }
+        if self.max_amount == 0 {
+            return Err("the largest transfer (--max-amount) must be at least 1".into());
+        }
+        if self.unacked_per_channel_max == 0 {
+            return Err(
+                "unacknowledged transfers per channel (--unacked-max) must be at least 1".into(),
+            );
+        }
+        if self.live_snapshots_max == 0 || self.snapshots_kept == 0 {
+            return Err(format!(
+                "snapshots in flight ({}) and kept (--keep-snapshots {}) must be at least 1",
+                self.live_snapshots_max, self.snapshots_kept
+            ));
+        }
+        Ok(())
     }
 
     fn peers(&self) -> impl Iterator<Item = BranchId> + '_ {
@@ -468,6 +507,9 @@ pub enum InjectedBug {
 
 impl Branch {
     pub fn new(cfg: CoreConfig, rec: Recovered) -> Branch {
+        if let Err(e) = cfg.validate() {
+            panic!("invalid core configuration: {e}");
+        }
         let n = cfg.branches as usize;
         assert_eq!(rec.state.out.len(), n, "state has one channel per branch");
         assert_eq!(rec.state.inc.len(), n, "state has one channel per branch");
@@ -843,7 +885,113 @@ impl Branch {
             self.ready.persist.state = Some(self.state.clone());
         }
         self.open_run.iter_mut().for_each(|r| *r = None);
+        #[cfg(any(debug_assertions, feature = "testing"))]
+        self.assert_invariants();
         std::mem::take(&mut self.ready)
+    }
+
+    /// Panics, naming the invariant, if the core's state is not one the protocol can reach:
+    /// run after every step in debug builds and in the simulator (the `testing` feature).
+    /// Each check is O(branches + snapshots in flight).
+    pub fn assert_invariants(&self) {
+        let n = self.cfg.branches as usize;
+        let st = &self.state;
+        assert_eq!(st.out.len(), n, "one outgoing channel per branch");
+        assert_eq!(st.inc.len(), n, "one incoming channel per branch");
+        assert_eq!(self.unacked.len(), n, "one unacknowledged queue per branch");
+        for p in self.cfg.peers() {
+            let (i, o) = (p.index(), &st.out[p.index()]);
+            assert!(
+                o.acked <= o.sent,
+                "#{}: acked {} > sent {} to {p}",
+                self.cfg.me,
+                o.acked,
+                o.sent
+            );
+            assert!(
+                o.compacted <= o.acked,
+                "#{}: log to {p} compacted to {} beyond acked {}",
+                self.cfg.me,
+                o.compacted,
+                o.acked
+            );
+            let q = &self.unacked[i];
+            assert_eq!(
+                q.len() as u64,
+                o.sent.0 - o.acked.0,
+                "#{}: unacknowledged transfers to {p} cover (acked, sent]",
+                self.cfg.me
+            );
+            if let (Some(first), Some(last)) = (q.front(), q.back()) {
+                assert!(
+                    first.0 .0 == o.acked.0 + 1 && last.0 == o.sent,
+                    "#{}: unacknowledged transfers to {p} run {}..={}, not ({}, {}]",
+                    self.cfg.me,
+                    first.0,
+                    last.0,
+                    o.acked,
+                    o.sent
+                );
+            }
+            assert!(
+                o.markers
+                    .windows(2)
+                    .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+                "#{}: markers to {p} out of order",
+                self.cfg.me
+            );
+            assert!(
+                o.markers
+                    .iter()
+                    .all(|(k, after)| *k <= st.last_recorded && *after <= o.sent),
+                "#{}: a marker to {p} for a snapshot not recorded here or beyond what was sent",
+                self.cfg.me
+            );
+            assert!(
+                o.part_acked <= st.parts_done,
+                "#{}: part {} acknowledged of {} done",
+                self.cfg.me,
+                o.part_acked,
+                st.parts_done
+            );
+        }
+        assert!(
+            st.parts_done <= st.last_recorded,
+            "#{}: part {} done of {} recorded",
+            self.cfg.me,
+            st.parts_done,
+            st.last_recorded
+        );
+        for (k, r) in &st.recording {
+            assert!(
+                *k > st.parts_done.0 && *k <= st.last_recorded.0,
+                "#{}: recording {k} outside ({}, {}]",
+                self.cfg.me,
+                st.parts_done,
+                st.last_recorded
+            );
+            assert!(
+                r.sent.len() == n && r.inc.len() == n,
+                "#{}: recording {k} has one entry per branch",
+                self.cfg.me
+            );
+        }
+        assert!(
+            self.unsent_parts
+                .iter()
+                .all(|part| part.snapshot <= st.parts_done),
+            "#{}: a part to send that is not done",
+            self.cfg.me
+        );
+        if self.is_initiator() {
+            assert!(
+                st.completed < st.next_snapshot,
+                "#{}: snapshot {} completed, next id {}",
+                self.cfg.me,
+                st.completed,
+                st.next_snapshot
+            );
+        }
     }
 
     // ---- transfers -------------------------------------------------------------------------

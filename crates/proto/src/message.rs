@@ -18,6 +18,33 @@ pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// Most transfers carried by one `Transfers` message.
 pub const TRANSFERS_PER_FRAME_MAX: usize = 1024;
 
+/// Most branches a cluster may have. The largest message is one global snapshot
+/// (`Reply::Global`): a part per branch, each with a channel record and a `sent` entry per peer,
+/// so it grows with the square of the cluster; at this size it still fits in one frame (the
+/// assertion below, and the test that encodes the worst case).
+pub const BRANCHES_MAX: usize = 100;
+/// Bytes of one CBOR-encoded `ChannelRecord` (field names included) with every number at its
+/// largest; `sent` entries of a part are [`SENT_ENTRY_BYTES_MAX`]. Tests check both.
+pub const CHANNEL_RECORD_BYTES_MAX: usize = 84;
+pub const SENT_ENTRY_BYTES_MAX: usize = 16;
+/// Bytes of a part's own fields and of a message's envelope, beside the per-peer entries.
+pub const PART_FIELDS_BYTES_MAX: usize = 128;
+pub const ENVELOPE_BYTES_MAX: usize = 256;
+
+const _: () = assert!(
+    ENVELOPE_BYTES_MAX
+        + BRANCHES_MAX
+            * (PART_FIELDS_BYTES_MAX
+                + (BRANCHES_MAX - 1) * (CHANNEL_RECORD_BYTES_MAX + SENT_ENTRY_BYTES_MAX))
+        <= FRAME_BYTES_MAX,
+    "a global snapshot of BRANCHES_MAX branches must fit in one frame"
+);
+const _: () = assert!(
+    ENVELOPE_BYTES_MAX + TRANSFERS_PER_FRAME_MAX * 9 <= FRAME_BYTES_MAX,
+    "a full Transfers message must fit in one frame"
+);
+const _: () = assert!(BRANCHES_MAX <= u16::MAX as usize, "branch ids are u16");
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// First frame on a connection, both ways: who is talking, to whom, in which cluster.
@@ -276,5 +303,73 @@ impl Message {
         }
         msg.validate()?;
         Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::ChannelRecord;
+
+    fn worst_record(from: u16) -> ChannelRecord {
+        ChannelRecord {
+            from: BranchId(from),
+            applied_at_record: Seq(u64::MAX),
+            until: Seq(u64::MAX),
+            money: Amount::MAX,
+            count: u64::MAX,
+        }
+    }
+
+    fn cbor_len<T: Serialize>(v: &T) -> usize {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).expect("encode");
+        out.len()
+    }
+
+    #[test]
+    fn the_size_bounds_hold_for_the_largest_values() {
+        assert!(cbor_len(&worst_record(u16::MAX)) <= CHANNEL_RECORD_BYTES_MAX);
+        assert!(cbor_len(&(BranchId(u16::MAX), Seq(u64::MAX))) <= SENT_ENTRY_BYTES_MAX);
+        let bare = LocalPart {
+            snapshot: SnapshotId(u64::MAX),
+            branch: BranchId(u16::MAX),
+            recorded_at: u64::MAX,
+            balance: Amount::MAX,
+            sent: Vec::new(),
+            channels: Vec::new(),
+        };
+        assert!(cbor_len(&bare) <= PART_FIELDS_BYTES_MAX);
+    }
+
+    /// The largest message there is: a global snapshot of `BRANCHES_MAX` branches, every number
+    /// at its largest, fits in one frame.
+    #[test]
+    fn a_global_snapshot_of_the_largest_cluster_fits_in_a_frame() {
+        let n = BRANCHES_MAX as u16;
+        let parts = (0..n)
+            .map(|b| LocalPart {
+                snapshot: SnapshotId(u64::MAX),
+                branch: BranchId(b),
+                recorded_at: u64::MAX,
+                balance: Amount::MAX,
+                sent: (0..n)
+                    .filter(|p| *p != b)
+                    .map(|p| (BranchId(p), Seq(u64::MAX)))
+                    .collect(),
+                channels: (0..n).filter(|p| *p != b).map(worst_record).collect(),
+            })
+            .collect();
+        let g = GlobalSnapshot {
+            snapshot: SnapshotId(u64::MAX),
+            started_at: u64::MAX,
+            completed_at: u64::MAX,
+            expected_total: Amount::MAX,
+            total: u128::MAX,
+            parts,
+        };
+        let len = Message::Reply(Reply::Global(Some(g))).encode().len();
+        assert!(len <= FRAME_BYTES_MAX, "{len} bytes");
+        println!("a global snapshot of {n} branches: {len} of {FRAME_BYTES_MAX} bytes");
     }
 }
