@@ -106,12 +106,6 @@ impl HostList {
                 })
             }
         };
-        if branches.len() == 1 {
-            return Err(HostListError::Whole {
-                file: file.to_string(),
-                what: "names one branch: a bank moves money between at least 2".to_string(),
-            });
-        }
         let initiator_idx = branches.iter().position(|b| b == initiator).unwrap_or(0);
         Ok(HostList {
             branches,
@@ -294,9 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn one_branch_or_more_than_branches_max_is_an_error() {
-        let one = parse("127.0.0.1:8000:S\n").unwrap_err().to_string();
-        assert!(one.contains("names one branch"), "{one}");
+    fn more_than_branches_max_is_an_error() {
         let many: String = (0..=crate::wire::BRANCHES_MAX)
             .map(|i| format!("127.0.0.1:{}{}\n", 9000 + i, if i == 0 { ":S" } else { "" }))
             .collect();

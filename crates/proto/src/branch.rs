@@ -68,9 +68,9 @@ impl CoreConfig {
     /// money fits an [`Amount`]. [`Branch::new`] asserts it; the daemon reports it as an error.
     pub fn validate(&self) -> Result<(), String> {
         let n = self.branches as usize;
-        if !(2..=BRANCHES_MAX).contains(&n) {
+        if !(1..=BRANCHES_MAX).contains(&n) {
             return Err(format!(
-                "a cluster has 2..={BRANCHES_MAX} branches, not {n}"
+                "a cluster has 1..={BRANCHES_MAX} branches, not {n}"
             ));
         }
         if self.me.index() >= n || self.initiator.index() >= n {
