@@ -386,7 +386,9 @@ fn format_status(answers: &[Result<BranchStatus, String>], hosts: &HostList) -> 
         }
     }
     for w in waits {
-        let _ = writeln!(s, "{w}");
+        for line in wrap(&w, STATUS_WIDTH_MAX, "      ") {
+            let _ = writeln!(s, "{line}");
+        }
     }
     let answered = answers.iter().filter(|a| a.is_ok()).count();
     let _ = writeln!(
@@ -777,4 +779,50 @@ fn snapshot_json(g: &GlobalSnapshot, names: &[String]) -> serde_json::Value {
         "expected_total": g.expected_total,
         "branches": branches,
     })
+}
+
+/// Widest line `snapctl status` prints (it fits a terminal).
+const STATUS_WIDTH_MAX: usize = 100;
+
+/// `text` broken at spaces into lines of at most `width` characters (a word longer than that
+/// stays whole), the continuation lines starting with `indent`; `text`'s own leading spaces stay.
+fn wrap(text: &str, width: usize, indent: &str) -> Vec<String> {
+    let body = text.trim_start_matches(' ');
+    let mut line = text[..text.len() - body.len()].to_string();
+    let mut lines = Vec::new();
+    let mut words_in_line = 0;
+    for word in body.split(' ') {
+        let len = line.chars().count();
+        if words_in_line > 0 && len + 1 + word.chars().count() > width {
+            lines.push(std::mem::replace(&mut line, indent.to_string()));
+            words_in_line = 0;
+        }
+        if words_in_line > 0 {
+            line.push(' ');
+        }
+        line.push_str(word);
+        words_in_line += 1;
+    }
+    lines.push(line);
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wrap_keeps_lines_within_the_width_and_the_words_whole() {
+        let text = "  127.0.0.1:41165: snapshot 12 waits for parts from 127.0.0.1:40879, 127.0.0.1:35811, 127.0.0.1:46051";
+        let lines = wrap(text, 100, "      ");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("  127.0.0.1:41165: snapshot 12"));
+        assert!(lines[1].starts_with("      "));
+        assert!(lines.iter().all(|l| l.chars().count() <= 100), "{lines:?}");
+        assert_eq!(
+            lines.join(" ").split_whitespace().collect::<Vec<_>>(),
+            text.split_whitespace().collect::<Vec<_>>()
+        );
+        assert_eq!(wrap("  short", 100, "    "), vec!["  short".to_string()]);
+    }
 }
