@@ -1033,9 +1033,9 @@ pub(crate) mod testbank {
     use crate::core::{Branch, CoreConfig};
     use crate::snapshot::{GlobalSnapshot, LocalPart};
     use crate::store::{BankStore, Identity, Kv};
+    use crate::types::SeededRng as StdRng;
     use crate::types::{Amount, BranchId, Micros};
     use crate::wire::Message;
-    use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use std::collections::{BTreeMap, VecDeque};
 
@@ -1051,6 +1051,7 @@ pub(crate) mod testbank {
             unacked_per_channel_max: 64,
             live_snapshots_max: 4,
             snapshots_kept: kept,
+            timing: Default::default(),
             seed: 7 + me as u64,
         }
     }

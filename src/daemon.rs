@@ -2,7 +2,7 @@
 //! process of its own binary when no `bank` binary was built next to it).
 
 use crate::cli::{error_line, init_logging, BranchFlags, DataDir, KeyArgs};
-use crate::core::CoreConfig;
+use crate::core::{CoreConfig, Timing};
 use crate::hosts::HostList;
 use crate::net::{metrics, run_branch, Metrics, NodeConfig};
 use crate::secure::{ClusterKey, Security};
@@ -142,16 +142,19 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             live_snapshots_max: 64,
             seed,
             snapshots_kept: f.keep_snapshots,
+            timing: Timing {
+                snapshot_interval_us: micros(f.snapshot_interval),
+                snapshot_warn_after_us: micros(f.snapshot_warn_after),
+                snapshot_phases_us: args.snapshot_phases.map(micros),
+            },
         },
         cluster_id: identity.cluster_id,
         security,
         hosts,
         pace: f.transfer_interval,
-        snapshot_interval: f.snapshot_interval,
         reconnect_interval: Duration::from_secs(2),
         settle: f.settle,
         status_interval: f.status_interval,
-        snapshot_warn_after: f.snapshot_warn_after,
         started,
         stats_file: args.stats_file.clone(),
         snapshot_phases: args.snapshot_phases,
@@ -227,4 +230,9 @@ fn open_with_retry(dir: &std::path::Path, identity: &Identity) -> anyhow::Result
             }
         }
     }
+}
+
+/// A duration as the core's microseconds (saturating: clap already refuses absurd ones).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

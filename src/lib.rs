@@ -15,7 +15,6 @@
 //! - [`restore`]: rewind a stopped cluster to a completed snapshot (rebuilding lost stores)
 //! - [`live_audit`]: `snapctl audit --live`: a running cluster's latest snapshots, over the control channel
 //! - [`report`]: the `snapctl report` page: charts of the completed snapshots, self-contained HTML
-//! - [`sim`]: seeded deterministic simulator of many cores with crashes and partitions
 //! - [`hosts`]: the `host.list` format; [`snapshot`]: snapshot data; [`types`]: newtypes
 
 pub mod audit;
@@ -30,7 +29,6 @@ pub mod net;
 pub mod report;
 pub mod restore;
 pub mod secure;
-pub mod sim;
 pub use snapbank_proto::snapshot;
 pub mod store;
 pub use snapbank_proto::types;

@@ -27,10 +27,9 @@ use crate::core::{Branch, CoreConfig, Link, Notice, ProtocolError, Ready, Remedy
 use crate::hosts::HostList;
 use crate::secure::{self, FrameCodec, Preamble, Security, PREAMBLE_LEN};
 use crate::store::{SledStore, StoreError};
-use crate::types::{BranchId, Micros, SnapshotId};
+use crate::types::{BranchId, Micros, SeededRng, SnapshotId};
 use crate::wire::{Message, MessageCodec, Request, WireError};
 use futures::{SinkExt, StreamExt};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,20 +63,18 @@ pub struct NodeConfig {
     /// Noise with the cluster key, or `--insecure` plain frames.
     pub security: Security,
     pub pace: Pace,
-    pub snapshot_interval: Duration,
     /// Wait between connection attempts to a peer.
     pub reconnect_interval: Duration,
     /// On shutdown, how long in-flight transfers get to be acknowledged.
     pub settle: Duration,
     /// How often to log a status line.
     pub status_interval: Duration,
-    /// A snapshot still waiting after this long is reported, naming what it waits for.
-    pub snapshot_warn_after: Duration,
     /// When the process started (start-up timings are measured from it).
     pub started: std::time::Instant,
     /// Where to write [`Stats`] every `status_interval` and at exit.
     pub stats_file: Option<std::path::PathBuf>,
-    /// Benchmarks: start snapshots only in even wall-clock phases of this length.
+    /// Benchmarks: the core starts snapshots only in even wall-clock phases of this length
+    /// (`core.timing`); the stats file sorts latencies by phase with it.
     pub snapshot_phases: Option<Duration>,
     /// The branch's metrics, kept up to date by the core loop and the links (served over HTTP
     /// by [`metrics::serve`] with `--metrics`).
@@ -138,6 +135,16 @@ enum Event {
 /// so a slot holds only the latest: a peer that stops reading cannot make it grow.
 type InboundWriters = Arc<Mutex<Vec<Option<(u64, watch::Sender<Option<Message>>)>>>>;
 
+/// The tokio instant of the core's deadline `at` (wall-clock micros; `None`: `far`).
+fn instant_at(at: Option<Micros>, far: tokio::time::Instant) -> tokio::time::Instant {
+    match at {
+        None => far,
+        Some(at) => {
+            tokio::time::Instant::now() + Duration::from_micros(at.saturating_sub(now_us()))
+        }
+    }
+}
+
 fn now_us() -> Micros {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -178,11 +185,6 @@ pub async fn run_branch(
         cfg.started.elapsed().as_secs_f64() * 1000.0
     );
     let addr_text = my_addr.to_string();
-    // Benchmarks alternate phases with and without snapshots.
-    let snapshots_now = || {
-        cfg.snapshot_phases
-            .map_or(true, |len| stats::phase_index(len) % 2 == 0)
-    };
     let (inbox_tx, mut inbox) = mpsc::channel::<Event>(INBOX_EVENTS_MAX);
     let mut console = control::Console::new(cfg.started, restarts);
     let links_stop = CancellationToken::new();
@@ -213,26 +215,16 @@ pub async fn run_branch(
     }
     drop(inbox_tx);
 
-    let mut pace_rng = StdRng::seed_from_u64(cfg.core.seed ^ 0x5eed);
+    let mut pace_rng = SeededRng::seed_from_u64(cfg.core.seed ^ 0x5eed);
     let mut next_transfer = cfg
         .pace
         .next_wait(&mut pace_rng)
         .map(|w| tokio::time::Instant::now() + w);
-    let mut snapshot_timer = tokio::time::interval_at(
-        tokio::time::Instant::now() + cfg.snapshot_interval,
-        cfg.snapshot_interval,
-    );
-    snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_timer = tokio::time::interval(cfg.status_interval);
     status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending_timer = tokio::time::interval(Duration::from_secs(1));
-    pending_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warned: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
     let full_speed = cfg.pace == Pace::FullSpeed;
     let mut can_transfer = true;
     let mut stop_at: Option<tokio::time::Instant> = None;
-    // The initiator takes a first snapshot as soon as it reaches every branch, then one per interval.
-    let mut first_snapshot_due = core.is_initiator();
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     // Operators' requests of this step, answered after its commit.
     let mut questions: Vec<control::Pending> = Vec::new();
@@ -241,6 +233,7 @@ pub async fn run_branch(
 
     loop {
         let stopping = stop_at.is_some();
+        let wake_at = instant_at(core.poll_timeout(), far);
         let work_ready = full_speed && can_transfer && !stopping;
         // Biased: stop and timers first (they fire rarely), so a busy inbox cannot starve them.
         tokio::select! {
@@ -250,11 +243,8 @@ pub async fn run_branch(
                 stop_at = Some(tokio::time::Instant::now() + cfg.settle);
             }
             _ = tokio::time::sleep_until(stop_at.unwrap_or(far)), if stopping => break,
-            _ = snapshot_timer.tick(), if core.is_initiator() && !stopping => {
-                if snapshots_now() {
-                    core.on_snapshot_tick(now_us());
-                }
-            }
+            // The core's timers (snapshots, pending warnings): fired after the events below.
+            _ = tokio::time::sleep_until(wake_at), if !stopping => {}
             _ = tokio::time::sleep_until(next_transfer.unwrap_or(far)), if next_transfer.is_some() && !stopping => {
                 next_transfer = paced_transfers(&mut core, &cfg.pace, &mut pace_rng, next_transfer);
             }
@@ -262,7 +252,6 @@ pub async fn run_branch(
                 log_status(&core, my_addr);
                 stats.write(&addr_text);
             }
-            _ = pending_timer.tick() => report_pending(&core, &cfg, &mut warned),
             // Between steps everything the core holds is durable: a scrape sees committed state.
             _ = metrics.refresh_wanted() => metrics.observe(&core),
             _ = std::future::ready(()), if work_ready => {}
@@ -287,10 +276,9 @@ pub async fn run_branch(
                 Err(_) => break,
             }
         }
-        if first_snapshot_due && !stopping && core.links_up() + 1 == n {
-            first_snapshot_due = false;
-            core.on_snapshot_tick(now_us());
-            snapshot_timer.reset();
+        let now = now_us();
+        if !stopping && core.poll_timeout().is_some_and(|due| due <= now) {
+            core.handle_timeout(now);
         }
         if full_speed && !stopping {
             can_transfer = false;
@@ -317,7 +305,7 @@ pub async fn run_branch(
             })
             .collect();
         commit_then_send(
-            &mut store, ready, &out_links, &inbound, my_addr, &mut stats, &metrics,
+            &mut store, ready, &out_links, &inbound, &cfg.hosts, my_addr, &mut stats, &metrics,
         )?;
         for (k, us, total, expected) in completed {
             console.completed(k, us, total, expected);
@@ -365,7 +353,7 @@ pub async fn run_branch(
 fn paced_transfers(
     core: &mut Branch,
     pace: &Pace,
-    rng: &mut StdRng,
+    rng: &mut SeededRng,
     due: Option<tokio::time::Instant>,
 ) -> Option<tokio::time::Instant> {
     let now = tokio::time::Instant::now();
@@ -476,11 +464,13 @@ fn handle_event(
 
 /// Carries out a step's [`Ready`] through [`ready::apply_ready`] (persist, then send), then
 /// logs its notices.
+#[allow(clippy::too_many_arguments)]
 fn commit_then_send(
     store: &mut SledStore,
     ready: Ready,
     out_links: &[Option<mpsc::UnboundedSender<(u64, Message)>>],
     inbound: &InboundWriters,
+    hosts: &HostList,
     my_addr: SocketAddr,
     stats: &mut Stats,
     metrics: &Metrics,
@@ -551,51 +541,33 @@ fn commit_then_send(
             Notice::SnapshotDeferred { live } => {
                 warn!("snapshot deferred: {live} snapshots still in flight")
             }
+            Notice::SnapshotSlow { pending, waited_us } => {
+                let names = |ids: &[BranchId]| {
+                    ids.iter()
+                        .map(|b| hosts.addr(*b).to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let mut what = Vec::new();
+                if !pending.markers_from.is_empty() {
+                    what.push(format!(
+                        "markers on channels from {}",
+                        names(&pending.markers_from)
+                    ));
+                }
+                if !pending.parts_from.is_empty() {
+                    what.push(format!("parts from {}", names(&pending.parts_from)));
+                }
+                warn!(
+                    "snapshot {} pending for {:.1} s: waiting for {}",
+                    pending.snapshot,
+                    waited_us as f64 / 1e6,
+                    what.join("; ")
+                );
+            }
         }
     }
     Ok(())
-}
-
-/// Warns about snapshots waiting longer than `snapshot_warn_after` (again at each multiple).
-fn report_pending(
-    core: &Branch,
-    cfg: &NodeConfig,
-    warned: &mut std::collections::BTreeMap<u64, u64>,
-) {
-    let now = now_us();
-    let limit = cfg.snapshot_warn_after.as_micros().max(1) as u64;
-    let pending = core.pending();
-    warned.retain(|k, _| pending.iter().any(|p| p.snapshot.0 == *k));
-    let names = |ids: &[BranchId]| {
-        ids.iter()
-            .map(|b| cfg.hosts.addr(*b).to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    for p in pending {
-        let waited = now.saturating_sub(p.since);
-        let level = waited / limit;
-        if level == 0 || warned.get(&p.snapshot.0) == Some(&level) {
-            continue;
-        }
-        warned.insert(p.snapshot.0, level);
-        let mut what = Vec::new();
-        if !p.markers_from.is_empty() {
-            what.push(format!(
-                "markers on channels from {}",
-                names(&p.markers_from)
-            ));
-        }
-        if !p.parts_from.is_empty() {
-            what.push(format!("parts from {}", names(&p.parts_from)));
-        }
-        warn!(
-            "snapshot {} pending for {:.1} s: waiting for {}",
-            p.snapshot,
-            waited as f64 / 1e6,
-            what.join("; ")
-        );
-    }
 }
 
 fn log_status(core: &Branch, addr: SocketAddr) {

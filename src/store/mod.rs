@@ -373,9 +373,9 @@ impl<K: Kv> BankStore<K> {
         &self.path
     }
 
-    /// Tests: run a compaction pass on every commit, so what a compaction drops is gone at once.
-    #[cfg(test)]
-    pub(crate) fn compact_on_every_commit(&mut self) {
+    /// Tests and the simulator: run a compaction pass on every commit, so what a compaction
+    /// drops is gone at once.
+    pub fn compact_on_every_commit(&mut self) {
         self.compact_every = 1;
     }
 
@@ -850,6 +850,7 @@ mod tests {
             unacked_per_channel_max: 100,
             live_snapshots_max: 4,
             snapshots_kept: 1_000_000,
+            timing: Default::default(),
             seed: 1,
         }
     }

@@ -30,8 +30,9 @@
 use crate::message::{Message, Position, BRANCHES_MAX, TRANSFERS_PER_FRAME_MAX};
 pub use crate::snapshot::Pending;
 use crate::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
-use crate::types::{Amount, BranchId, Micros, Seq, SnapshotId};
-use rand::rngs::StdRng;
+use crate::timing::Timers;
+pub use crate::timing::Timing;
+use crate::types::{Amount, BranchId, Micros, SeededRng, Seq, SnapshotId};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -56,6 +57,8 @@ pub struct CoreConfig {
     /// Completed snapshots whose parts (and, at the initiator, global copies) are kept; older
     /// ones are pruned as newer ones complete. At least 1.
     pub snapshots_kept: u64,
+    /// When the branch's timers fire (snapshots, pending warnings).
+    pub timing: Timing,
 }
 
 impl CoreConfig {
@@ -99,7 +102,7 @@ impl CoreConfig {
                 self.live_snapshots_max, self.snapshots_kept
             ));
         }
-        Ok(())
+        self.timing.validate()
     }
 
     fn peers(&self) -> impl Iterator<Item = BranchId> + '_ {
@@ -301,6 +304,12 @@ pub enum Notice {
         unverified: usize,
     },
     PartRecorded(SnapshotId),
+    /// A snapshot has waited `waited_us` (past a multiple of the warning limit) for what
+    /// `pending` names.
+    SnapshotSlow {
+        pending: Pending,
+        waited_us: Micros,
+    },
     SnapshotComplete {
         snapshot: SnapshotId,
         duration_us: u64,
@@ -481,7 +490,8 @@ pub struct Branch {
     ack_due: Vec<bool>,
     /// Per peer: index into `ready.send` of a `Transfers` message still open for appending.
     open_run: Vec<Option<usize>>,
-    rng: StdRng,
+    rng: SeededRng,
+    timers: Timers,
     dirty: bool,
     ready: Ready,
     #[cfg(feature = "testing")]
@@ -530,7 +540,7 @@ impl Branch {
                 .or_default()
                 .insert(part.branch, part);
         }
-        let rng = StdRng::seed_from_u64(cfg.seed);
+        let rng = SeededRng::seed_from_u64(cfg.seed);
         let fresh = rec.state == DurableState::genesis(n, cfg.initial_balance);
         Branch {
             fresh,
@@ -545,6 +555,10 @@ impl Branch {
             ack_due: vec![false; n],
             open_run: vec![None; n],
             rng,
+            timers: Timers {
+                first_snapshot_due: cfg.me == cfg.initiator,
+                ..Timers::default()
+            },
             dirty: false,
             ready: Ready::default(),
             #[cfg(feature = "testing")]
@@ -698,7 +712,66 @@ impl Branch {
         true
     }
 
-    /// Initiator timer: start the next snapshot (unless too many are in flight).
+    // ---- timers ([`crate::timing`]) --------------------------------------------------------
+
+    /// When this branch next wants [`Branch::handle_timeout`] called (a time at or before now:
+    /// at once). `None` only if it never will.
+    pub fn poll_timeout(&self) -> Option<Micros> {
+        let t = &self.timers;
+        let (Some(pending_at), Some(snapshot_at)) = (t.pending_check_at, t.snapshot_at) else {
+            return Some(0); // not armed yet
+        };
+        let mut due = pending_at;
+        if self.is_initiator() {
+            due = due.min(snapshot_at);
+            if t.first_snapshot_due && self.links_up() + 1 == self.cfg.branches as usize {
+                due = 0;
+            }
+        }
+        Some(due)
+    }
+
+    /// Fires every timer due at `now` (arming them on the first call): the initiator's first
+    /// snapshot once it reaches every branch and one per interval after, and the warnings about
+    /// snapshots that wait too long.
+    pub fn handle_timeout(&mut self, now: Micros) {
+        let timing = self.cfg.timing.clone();
+        let pending_at = *self
+            .timers
+            .pending_check_at
+            .get_or_insert(now + timing.pending_check_us());
+        let snapshot_at = *self
+            .timers
+            .snapshot_at
+            .get_or_insert(now + timing.snapshot_interval_us);
+        if self.is_initiator() {
+            let reach_all = self.links_up() + 1 == self.cfg.branches as usize;
+            if self.timers.first_snapshot_due && reach_all {
+                self.timers.first_snapshot_due = false;
+                self.on_snapshot_tick(now);
+                self.timers.snapshot_at = Some(now + timing.snapshot_interval_us);
+            } else if now >= snapshot_at {
+                if timing.snapshots_allowed_at(now) {
+                    self.on_snapshot_tick(now);
+                }
+                self.timers.snapshot_at = Some(now + timing.snapshot_interval_us);
+            }
+        }
+        if now >= pending_at {
+            self.timers.pending_check_at = Some(now + timing.pending_check_us());
+            let pending = self.pending();
+            let slow =
+                crate::timing::slow_snapshots(&timing, &mut self.timers.warned, pending, now);
+            for (pending, waited_us) in slow {
+                self.ready
+                    .notices
+                    .push(Notice::SnapshotSlow { pending, waited_us });
+            }
+        }
+    }
+
+    /// Initiator: start the next snapshot now (unless too many are in flight). Its own timer
+    /// ([`Branch::handle_timeout`]) and an operator's request (`snapctl snapshot`) call it.
     pub fn on_snapshot_tick(&mut self, now: Micros) {
         if !self.is_initiator() {
             return;

@@ -6,9 +6,11 @@
 //! - [`types`]: the newtypes (branch ids, sequence numbers, snapshot ids, amounts, time);
 //! - [`snapshot`]: what a snapshot is made of (local parts, global snapshots, pending status);
 //! - [`message`]: the messages branches and operators exchange, their checks, their CBOR;
+//! - [`timing`]: when a branch wants to be woken and what it does then (snapshots, warnings);
 //! - [`branch`]: the branch state machine, its durable state, `Ready` and errors.
 
 pub mod branch;
 pub mod message;
 pub mod snapshot;
+pub mod timing;
 pub mod types;

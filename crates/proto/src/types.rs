@@ -55,3 +55,8 @@ pub type Amount = u64;
 
 /// Wall-clock time in microseconds since the Unix epoch, passed *into* the core by its shell.
 pub type Micros = u64;
+
+/// The seeded generator of the core's transfers and of the simulator: ChaCha8, whose stream
+/// `rand_chacha` fixes for a given seed (rand's `StdRng` may change between versions), so a
+/// printed seed replays.
+pub type SeededRng = rand_chacha::ChaCha8Rng;

@@ -7,13 +7,12 @@
 //! holds; a crash loses the core and everything queued to or from it, and rebuilds the branch from
 //! its store.
 
-use super::*;
-use crate::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
-use crate::store::{Identity, MemStore};
-use crate::types::{Amount, BranchId, Micros, Seq, SnapshotId};
-use crate::wire::{Message, TRANSFERS_PER_FRAME_MAX};
-use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use snapbank::core::*;
+use snapbank::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
+use snapbank::store::{Identity, MemStore};
+use snapbank::types::{Amount, BranchId, Micros, SeededRng, Seq, SnapshotId};
+use snapbank::wire::{Message, TRANSFERS_PER_FRAME_MAX};
 use std::collections::{BTreeMap, VecDeque};
 
 // ---- harness ------------------------------------------------------------------------------
@@ -34,6 +33,7 @@ fn config(n: usize, me: usize) -> CoreConfig {
         unacked_per_channel_max: 1000,
         live_snapshots_max: 16,
         snapshots_kept: 1_000_000,
+        timing: Default::default(),
         seed: 42 + me as u64,
     }
 }
@@ -549,7 +549,7 @@ fn channel_state_is_the_transfers_sent_before_the_marker_and_received_after_reco
 #[test]
 fn two_snapshots_in_flight_both_complete_in_order_and_conserve_money() {
     let mut s = Sim::linked(4);
-    let mut rng = StdRng::seed_from_u64(3);
+    let mut rng = SeededRng::seed_from_u64(3);
     for _ in 0..12 {
         s.tick_transfer(rng.gen_range(0..4));
     }
@@ -1100,7 +1100,7 @@ fn overflowing_transfers_are_rejected_and_change_nothing() {
 
 fn random_schedule(seed: u64, steps: usize) {
     let mut s = Sim::linked(4);
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeededRng::seed_from_u64(seed);
     for _ in 0..steps {
         let pair = s.pairs()[rng.gen_range(0..12)];
         match rng.gen_range(0..100) {
