@@ -20,6 +20,10 @@ fn main() {
         commit
     };
     println!("cargo:rustc-env=SNAPBANK_SIM_COMMIT={stamp}");
+    // Any source change re-stamps (so `+changes` is seen), as does a commit or checkout.
+    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=../proto/src");
+    println!("cargo:rerun-if-changed=../../src");
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
         println!("cargo:rerun-if-changed={dir}/HEAD");
         println!("cargo:rerun-if-changed={dir}/index");

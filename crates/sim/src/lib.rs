@@ -100,6 +100,9 @@
 //! and `SNAPBANK_SIM_CONTRACT=0|1`).
 
 use rand::{Rng, SeedableRng};
+pub mod harness;
+
+use harness::{check_global, check_sends_durable, Mirror};
 use snapbank::check::{
     check, check_stored, names_of, stored_view, LogRange, LogSource, StoredBranch,
 };
@@ -767,53 +770,6 @@ struct Conn {
     q: [VecDeque<Queued>; 2],
 }
 
-/// A mirror of one sender's transfer log on one channel, fed from the committed batches, with
-/// prefix sums so the ledger checks are cheap. Cross-checked against the store.
-#[derive(Default)]
-struct ShadowLog {
-    amounts: Vec<Amount>,
-    /// `prefix[s]` = money of seqs `1..=s`.
-    prefix: Vec<u128>,
-}
-
-impl ShadowLog {
-    fn put(&mut self, seq: Seq, amount: Amount) -> Result<(), String> {
-        if self.prefix.is_empty() {
-            self.prefix.push(0);
-        }
-        let s = seq.0 as usize;
-        if s == 0 || s > self.amounts.len() + 1 {
-            return Err(format!(
-                "log write of seq {s} after {} entries leaves a gap",
-                self.amounts.len()
-            ));
-        }
-        if s == self.amounts.len() + 1 {
-            self.amounts.push(amount);
-            let last = self.prefix[s - 1];
-            self.prefix.push(last + amount as u128);
-        } else {
-            // Overwriting a log entry (a sequence number reused after a crash): mirror it.
-            self.amounts[s - 1] = amount;
-            for t in s..=self.amounts.len() {
-                self.prefix[t] = self.prefix[t - 1] + self.amounts[t - 1] as u128;
-            }
-        }
-        Ok(())
-    }
-
-    fn len(&self) -> u64 {
-        self.amounts.len() as u64
-    }
-
-    fn upto(&self, s: Seq) -> Option<u128> {
-        if s.0 == 0 {
-            return Some(0);
-        }
-        self.prefix.get(s.0 as usize).copied()
-    }
-}
-
 /// The checker's [`LogSource`] over the simulator's mirror of the logs, cut to what each store
 /// holds: `(compacted, sent]` of its durable state (the stores' logs themselves are compared
 /// with the mirror on every commit, over what is in flight and unacknowledged, and read whole
@@ -825,11 +781,10 @@ impl LogSource for MirroredLogs<'_, '_> {
         let sim = self.0;
         let (i, j) = (r.from.index(), r.to.index());
         let out = &sim.nodes[i].dur.out[j];
-        let log = &sim.logs[i * sim.n + j];
         let lo = r.after.max(out.compacted);
         let hi = r.upto.min(out.sent);
         let (count, money) = if hi > lo {
-            match (log.upto(lo), log.upto(hi)) {
+            match (sim.mirror.upto(i, j, lo), sim.mirror.upto(i, j, hi)) {
                 (Some(a), Some(b)) => (hi.0 - lo.0, b - a),
                 _ => (0, 0),
             }
@@ -860,7 +815,7 @@ struct Sim<'a> {
     /// Leftovers of broken connections, oldest first.
     orphans: Vec<Stream>,
     /// `logs[i * n + j]`: the mirror of `i`'s log of transfers to `j`.
-    logs: Vec<ShadowLog>,
+    mirror: Mirror,
     /// Partitioned pairs `(low, high)`.
     cut: BTreeSet<(usize, usize)>,
     genesis: u128,
@@ -942,7 +897,7 @@ impl<'a> Sim<'a> {
             nodes,
             conns: (0..n * n).map(|_| Conn::default()).collect(),
             orphans: Vec::new(),
-            logs: (0..n * n).map(|_| ShadowLog::default()).collect(),
+            mirror: Mirror::new(n),
             cut: BTreeSet::new(),
             genesis: opts.initial_balance as u128 * n as u128,
             in_flight: 0,
@@ -1642,7 +1597,6 @@ impl<'a> Sim<'a> {
         if batch.is_empty() {
             return Ok(());
         }
-        let n = self.n;
         if self.opts.p_rollback > 0.0 {
             let nd = &mut self.nodes[i];
             if nd.history.len() == STORE_HISTORY_MAX {
@@ -1651,12 +1605,7 @@ impl<'a> Sim<'a> {
             nd.history.push_back(nd.store.contents().clone());
         }
         for &(to, seq, amount) in &batch.transfers {
-            if to.index() >= n || to.index() == i {
-                return Err(format!("#{i} logged a transfer to {to}"));
-            }
-            self.logs[i * n + to.index()]
-                .put(seq, amount)
-                .map_err(|e| format!("#{i} -> {to}: {e}"))?;
+            self.mirror.put(i, to.index(), seq, amount)?;
         }
         if batch.state.is_some() {
             let st = self.nodes[i]
@@ -1790,10 +1739,10 @@ impl<'a> Sim<'a> {
                     .store
                     .log_sum(BranchId(j as u16), o.compacted, o.sent)
                     .map_err(|e| format!("#{i} log unreadable: {e}"))?;
-                let log = &self.logs[i * n + j];
-                let shadow = log
-                    .upto(o.sent)
-                    .zip(log.upto(o.compacted))
+                let shadow = self
+                    .mirror
+                    .upto(i, j, o.sent)
+                    .zip(self.mirror.upto(i, j, o.compacted))
                     .map(|(a, b)| a - b);
                 if !sum.dense || Some(sum.money) != shadow {
                     return Err(format!(
@@ -1877,13 +1826,7 @@ impl<'a> Sim<'a> {
     // ---- checks ------------------------------------------------------------------------------
 
     fn prefix(&self, from: usize, to: usize, upto: Seq) -> Result<u128, String> {
-        let log = &self.logs[from * self.n + to];
-        log.upto(upto).ok_or_else(|| {
-            format!(
-                "#{from}'s log to #{to} has {} entries, seq {upto} is referred to",
-                log.len()
-            )
-        })
+        self.mirror.prefix(from, to, upto)
     }
 
     fn check(&mut self) -> Result<(), String> {
@@ -2092,136 +2035,24 @@ impl<'a> Sim<'a> {
 
     /// What a flush sends must already be durable.
     fn check_sends(&self, i: usize, send: &[Outgoing]) -> Result<(), String> {
-        let d = &self.nodes[i].dur;
-        for Outgoing { to, msg, .. } in send {
-            let p = to.index();
-            let ok = match msg {
-                Message::Transfers { first, amounts } => {
-                    let last = first.0 + amounts.len() as u64 - 1;
-                    let log = &self.logs[i * self.n + p];
-                    last <= d.out[p].sent.0
-                        && amounts
-                            .iter()
-                            .zip(first.0..)
-                            .all(|(a, s)| log.amounts.get(s as usize - 1) == Some(a))
-                }
-                Message::Ack {
-                    applied,
-                    marker,
-                    part,
-                } => {
-                    let inc = &d.inc[p];
-                    *applied <= inc.applied && *marker <= inc.marker && *part <= inc.part
-                }
-                Message::Marker { snapshot, .. } => *snapshot <= d.last_recorded,
-                Message::Part(part) => part.snapshot <= d.parts_done,
-                Message::Compact { snapshot, .. } => *snapshot <= d.completed,
-                Message::Position(q) => {
-                    let o = &d.out[p];
-                    q.sent <= o.sent
-                        && q.acked <= o.acked
-                        && q.marker_acked <= o.marker_acked
-                        && q.part_acked <= o.part_acked
-                        && q.last_recorded <= d.last_recorded
-                        && q.parts_done <= d.parts_done
-                }
-                Message::Hello { .. } | Message::Request(_) | Message::Reply(_) => false,
-            };
-            if !ok {
-                return Err(format!(
-                    "#{i} sends {:?} to {to} before it is durable",
-                    Brief::of(msg)
-                ));
-            }
-        }
-        Ok(())
+        check_sends_durable(i, &self.nodes[i].dur, &self.mirror, None, send)
     }
 
     /// A completed global snapshot conserves money and is a consistent cut.
     fn check_global(&self, g: &GlobalSnapshot) -> Result<(), String> {
-        let n = self.n;
-        let k = g.snapshot;
-        let mut bad = Vec::new();
-        if !g.conserves_money() || g.expected_total as u128 != self.genesis {
-            bad.push(format!(
-                "totals {} (expected {}, genesis {})",
-                g.total, g.expected_total, self.genesis
-            ));
-        }
-        let sum: u128 = g.parts.iter().map(|p| p.money()).sum();
-        if sum != g.total {
-            bad.push(format!("its parts hold {sum}, its total says {}", g.total));
-        }
-        if g.parts.len() != n {
-            bad.push(format!("{} parts for {n} branches", g.parts.len()));
-            return Err(format!("snapshot {k}: {}", bad.join("; ")));
-        }
-        for (r, part) in g.parts.iter().enumerate() {
-            if part.branch.index() != r || part.snapshot != k {
-                bad.push(format!(
-                    "part {r} is {}'s part of {}",
-                    part.branch, part.snapshot
-                ));
-                continue;
+        // The store's log must still hold each channel unless a later snapshot's compaction
+        // dropped it (a snapshot is checked as it completes, before that).
+        let stored = |s: usize, r: usize, after: Seq, until: Seq, want: u128| {
+            if after < self.nodes[s].dur.out[r].compacted {
+                return Ok(true);
             }
-            let mut ledger = self.opts.initial_balance as i128;
-            for s in (0..n).filter(|s| *s != r) {
-                let Some(ch) = part.channel_from(BranchId(s as u16)) else {
-                    bad.push(format!("#{r}'s part lacks the channel from #{s}"));
-                    continue;
-                };
-                let Some(sent) = g.parts[s].sent_to(BranchId(r as u16)) else {
-                    bad.push(format!("#{s}'s part lacks the channel to #{r}"));
-                    continue;
-                };
-                let Some(sent_by_r) = part.sent_to(BranchId(s as u16)) else {
-                    bad.push(format!("#{r}'s part lacks the channel to #{s}"));
-                    continue;
-                };
-                ledger += self.prefix(s, r, ch.applied_at_record)? as i128;
-                ledger -= self.prefix(r, s, sent_by_r)? as i128;
-                if ch.applied_at_record > ch.until || ch.until != sent {
-                    bad.push(format!(
-                        "channel #{s}->#{r}: applied at record {}, until {}, sender's cut {sent} (not a consistent cut)",
-                        ch.applied_at_record, ch.until
-                    ));
-                    continue;
-                }
-                let want =
-                    self.prefix(s, r, ch.until)? - self.prefix(s, r, ch.applied_at_record)?;
-                // The store's log must still hold the channel unless a later snapshot's
-                // compaction dropped it (a snapshot is checked as it completes, before that).
-                let stored = if ch.applied_at_record >= self.nodes[s].dur.out[r].compacted {
-                    let sum = self.nodes[s]
-                        .store
-                        .log_sum(BranchId(r as u16), ch.applied_at_record, ch.until)
-                        .map_err(|e| format!("#{s} log unreadable: {e}"))?;
-                    sum.dense && sum.money == want
-                } else {
-                    true
-                };
-                if ch.money as u128 != want
-                    || ch.count != ch.until.0 - ch.applied_at_record.0
-                    || !stored
-                {
-                    bad.push(format!(
-                        "channel #{s}->#{r} recorded {} in {} transfers, the log holds {want} in ({}, {}]",
-                        ch.money, ch.count, ch.applied_at_record, ch.until
-                    ));
-                }
-            }
-            if ledger != part.balance as i128 {
-                bad.push(format!(
-                    "#{r} recorded balance {}, its watermarks say {ledger}",
-                    part.balance
-                ));
-            }
-        }
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("snapshot {k}: {}", bad.join("; ")))
-        }
+            let sum = self.nodes[s]
+                .store
+                .log_sum(BranchId(r as u16), after, until)
+                .map_err(|e| format!("#{s} log unreadable: {e}"))?;
+            Ok(sum.dense && sum.money == want)
+        };
+        check_global(g, self.opts.initial_balance, &self.mirror, &stored)
     }
 }
 

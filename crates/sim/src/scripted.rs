@@ -2,13 +2,17 @@
 //!
 //! [`Sim`] holds N cores, one [`MemStore`] each, and per connection two FIFO queues: the
 //! dialler's transfers, markers and parts (`Link::Out`) and the acceptor's acks back (`Link::In`).
-//! Every step follows the core's contract: input, `take_ready`, commit `persist`, check that what
-//! is about to be sent is durable, and only then enqueue `send`. A broken connection loses what it
+//! A test steps it by hand. Every step goes through the same pieces as the seeded runs
+//! ([`crate::harness`]): the shell's own `apply_ready` (persist, then hand on), the mirror of
+//! every logged transfer, the one check that what is handed on is durable, and the one
+//! consistent-cut check of global snapshots; only then is `send` enqueued. A broken connection loses what it
 //! holds; a crash loses the core and everything queued to or from it, and rebuilds the branch from
 //! its store.
 
+use crate::harness::{check_global, check_sends_durable, Mirror};
 use rand::{Rng, SeedableRng};
 use snapbank::core::*;
+use snapbank::net::ready::apply_ready;
 use snapbank::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
 use snapbank::store::{Identity, MemStore};
 use snapbank::types::{Amount, BranchId, Micros, SeededRng, Seq, SnapshotId};
@@ -92,9 +96,9 @@ struct Sim {
     conns: BTreeMap<(usize, usize), Conn>,
     now: Micros,
     notices: Vec<(usize, Notice)>,
-    /// `(from, to)` → the amount of every transfer ever logged on that channel, in seq order
-    /// (compaction drops the store's copy of old ones; this one stays whole).
-    shadow: BTreeMap<(usize, usize), Vec<Amount>>,
+    /// Every transfer ever logged (compaction drops the store's copy of old ones; this one
+    /// stays whole): the simulator's own mirror.
+    mirror: Mirror,
 }
 
 impl Sim {
@@ -106,7 +110,7 @@ impl Sim {
             conns: BTreeMap::new(),
             now: 1_000_000,
             notices: Vec::new(),
-            shadow: BTreeMap::new(),
+            mirror: Mirror::new(n),
         };
         for me in 0..n {
             let mut cfg = config(n, me);
@@ -136,76 +140,66 @@ impl Sim {
         self.cfgs[0].genesis_total() as u128
     }
 
-    /// One step at branch `at`, then the contract: persist, check durability, send.
+    /// One step at branch `at`, carried out by the shell's own [`apply_ready`] (persist, then
+    /// hand on), with the contract checked on what it hands on before it is enqueued. Returns
+    /// the step's `Ready` as it was carried out.
     fn run<R>(&mut self, at: usize, input: impl FnOnce(&mut Branch, Micros) -> R) -> (R, Ready) {
         self.now += 10;
         let r = input(&mut self.cores[at], self.now);
         let ready = self.cores[at].take_ready();
-        self.stores[at].commit(&ready.persist).expect("commit");
-        for &(to, seq, amount) in &ready.persist.transfers {
-            let log = self.shadow.entry((at, to.index())).or_default();
-            assert_eq!(log.len() as u64 + 1, seq.0, "#{at}: log to {to} is dense");
-            log.push(amount);
+        let persist = ready.persist.clone();
+        let mut send = Vec::with_capacity(ready.send.len());
+        let applied = apply_ready(&mut self.stores[at], ready, &mut |out| {
+            send.push(out);
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("commit");
+        for &(to, seq, amount) in &persist.transfers {
+            let logged = self.mirror.len(at, to.index());
+            assert_eq!(logged + 1, seq.0, "#{at}: log to {to} is dense");
+            self.mirror
+                .put(at, to.index(), seq, amount)
+                .expect("mirror");
         }
-        self.check_durable(at, &ready.send);
-        for out in &ready.send {
+        self.check_durable(at, &send);
+        for out in &send {
             self.enqueue(at, out.clone());
         }
-        let notices = ready.notices.iter().map(|x| (at, x.clone()));
+        let notices = applied.notices.iter().map(|x| (at, x.clone()));
         self.notices.extend(notices);
+        let ready = Ready {
+            persist,
+            send,
+            notices: applied.notices,
+        };
         (r, ready)
     }
 
-    /// The store mirrors memory after each step, and everything about to leave is durable.
+    /// The store mirrors memory after each step, its log is the mirror's, and everything about
+    /// to leave is durable ([`check_sends_durable`], as in the seeded runs).
     fn check_durable(&self, at: usize, send: &[Outgoing]) {
         let store = &self.stores[at];
         let st = store.state().expect("read state");
         let st = st.unwrap_or_else(|| Recovered::genesis(&self.cfgs[at]).state);
+        let parts = store.parts().expect("parts");
+        if let Err(e) = check_sends_durable(at, &st, &self.mirror, Some(&parts), send) {
+            panic!("{e}");
+        }
+        // An acknowledgement says exactly what is durable.
         for Outgoing { to, msg, .. } in send {
-            let p = to.index();
-            match msg {
-                Message::Transfers { first, amounts } => {
-                    let last = Seq(first.0 + amounts.len() as u64 - 1);
-                    let logged = store.log_entries(*to, Seq(first.0 - 1), last).expect("log");
-                    let want: Vec<_> = (first.0..).map(Seq).zip(amounts.clone()).collect();
-                    assert_eq!(logged, want, "#{at}: transfers to {to} sent before logged");
-                    assert!(st.out[p].sent >= last, "#{at}: seq not durable");
-                }
-                Message::Ack { .. } => {
-                    let inc = &st.inc[p];
-                    let durable = acks(inc.applied.0, inc.marker.0, inc.part.0);
-                    assert_eq!(*msg, durable, "#{at}: ack not durable");
-                }
-                Message::Marker { snapshot, after } => {
-                    assert!(st.last_recorded >= *snapshot, "#{at}: marker before record");
-                    assert!(st.out[p].markers.contains(&(*snapshot, *after)));
-                }
-                Message::Part(part) => {
-                    assert!(store.parts().expect("parts").contains(part), "#{at}: part");
-                }
-                Message::Compact { snapshot, below } => {
-                    assert!(
-                        st.completed >= *snapshot,
-                        "#{at}: compaction before completion"
-                    );
-                    assert_eq!(below.len(), self.cores.len() - 1);
-                }
-                Message::Position(q) => {
-                    let o = &st.out[p];
-                    assert!(q.sent <= o.sent && q.acked <= o.acked, "#{at}: position");
-                }
-                Message::Hello { .. } | Message::Request(_) | Message::Reply(_) => {
-                    panic!("the core never says {msg:?}")
-                }
+            if let Message::Ack { .. } = msg {
+                let inc = &st.inc[to.index()];
+                let durable = acks(inc.applied.0, inc.marker.0, inc.part.0);
+                assert_eq!(*msg, durable, "#{at}: ack not durable");
             }
         }
-        // The store's log holds exactly the shadow's entries (compacted, sent] on each channel.
+        // The store's log holds exactly the mirror's entries (compacted, sent] on each channel.
         for (p, out) in st.out.iter().enumerate().filter(|(p, _)| *p != at) {
             assert!(out.compacted <= out.acked, "#{at}: compacted beyond acked");
             let logged = store
                 .log_entries(b(p), out.compacted, out.sent)
                 .expect("log");
-            let want: Vec<(Seq, Amount)> = self.shadow_range(at, p, out.compacted, out.sent);
+            let want = self.mirror.entries(at, p, out.compacted, out.sent);
             assert_eq!(logged, want, "#{at}: stored log to #{p}");
         }
         assert_eq!(&st, self.cores[at].state(), "#{at}: store != memory");
@@ -367,14 +361,6 @@ impl Sim {
         sum.money
     }
 
-    /// The shadow log's entries `(after, upto]` on `from → to`.
-    fn shadow_range(&self, from: usize, to: usize, after: Seq, upto: Seq) -> Vec<(Seq, Amount)> {
-        let log = self.shadow.get(&(from, to)).map_or(&[][..], |v| &v[..]);
-        (after.0 + 1..=upto.0)
-            .map(|s| (Seq(s), log[s as usize - 1]))
-            .collect()
-    }
-
     /// Σ balances + Σ money in flight == genesis.
     fn check_money(&self) {
         let balances: u128 = self.cores.iter().map(|c| c.balance() as u128).sum();
@@ -390,7 +376,7 @@ impl Sim {
     /// transfers it applied: nothing credited twice, nothing skipped.
     fn check_exactly_once(&self) {
         let logged = |from: usize, to: usize, upto: Seq| {
-            let all = self.shadow_range(from, to, Seq(0), upto);
+            let all = self.mirror.entries(from, to, Seq(0), upto);
             all.iter().map(|(_, a)| *a as i128).sum::<i128>()
         };
         let mut balances = vec![INITIAL as i128; self.cores.len()];
@@ -414,23 +400,17 @@ impl Sim {
         done.collect()
     }
 
-    /// A global snapshot is a consistent cut: every channel record is exactly the sender's
-    /// transfers `(applied_at_record, until]`, `until` is the sender's own cut, and money adds up.
+    /// A global snapshot is a consistent cut that conserves money ([`check_global`], as in the
+    /// seeded runs).
     fn check_global(&self, g: &GlobalSnapshot) {
-        assert!(g.conserves_money(), "snapshot {}: {}", g.snapshot, g.total);
-        assert_eq!(g.total, g.parts.iter().map(|p| p.money()).sum::<u128>());
-        assert_eq!(g.parts.len(), self.cores.len());
-        for (j, part) in g.parts.iter().enumerate() {
-            assert_eq!((part.branch, part.snapshot), (b(j), g.snapshot));
-            for ch in &part.channels {
-                let sender = &g.parts[ch.from.index()];
-                // `until` is the sender's cut; nothing received before a cut was sent after it.
-                assert_eq!(Some(ch.until), sender.sent_to(b(j)));
-                assert!(ch.applied_at_record <= ch.until);
-                let log = self.shadow_range(ch.from.index(), j, ch.applied_at_record, ch.until);
-                let money: u128 = log.iter().map(|(_, a)| *a as u128).sum();
-                assert_eq!((money, log.len() as u64), (ch.money as u128, ch.count));
-            }
+        let no_store_check = |_: usize, _: usize, _: Seq, _: Seq, _: u128| Ok(true);
+        if let Err(e) = check_global(
+            g,
+            self.cfgs[0].initial_balance,
+            &self.mirror,
+            &no_store_check,
+        ) {
+            panic!("{e}");
         }
     }
 }
