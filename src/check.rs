@@ -1047,7 +1047,7 @@ pub(crate) mod testbank {
             branches: n as u16,
             initiator: BranchId(0),
             initial_balance: INITIAL,
-            max_amount: 40,
+            amount_max: 40,
             unacked_per_channel_max: 64,
             live_snapshots_max: 4,
             snapshots_kept: kept,

@@ -134,7 +134,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             branches: hosts.len() as u16,
             initiator: hosts.initiator,
             initial_balance: f.initial_balance,
-            max_amount: f.max_amount,
+            amount_max: f.max_amount,
             unacked_per_channel_max: f
                 .unacked_max
                 .unwrap_or_else(|| crate::cli::default_unacked_max(hosts.len()))

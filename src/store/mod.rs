@@ -846,7 +846,7 @@ mod tests {
             branches: 3,
             initiator: BranchId(0),
             initial_balance: 1000,
-            max_amount: 10,
+            amount_max: 10,
             unacked_per_channel_max: 100,
             live_snapshots_max: 4,
             snapshots_kept: 1_000_000,

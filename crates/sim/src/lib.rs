@@ -152,7 +152,7 @@ pub struct SimOptions {
     /// Steps with faults, before the liveness phase.
     pub steps: usize,
     pub initial_balance: Amount,
-    pub max_amount: Amount,
+    pub amount_max: Amount,
     pub unacked_per_channel_max: usize,
     pub live_snapshots_max: usize,
     /// Completed snapshots each branch keeps (older ones are pruned, the log compacted).
@@ -210,7 +210,7 @@ impl Default for SimOptions {
             branches: 4,
             steps: DEFAULT_STEPS,
             initial_balance: 1000,
-            max_amount: 50,
+            amount_max: 50,
             unacked_per_channel_max: 16,
             live_snapshots_max: 8,
             snapshots_kept: 3,
@@ -257,7 +257,7 @@ impl SimOptions {
         let mut o = SimOptions {
             branches,
             initial_balance: [60, 1000, 1000][r.gen_range(0..3)],
-            max_amount: [5, 50][r.gen_range(0..2)],
+            amount_max: [5, 50][r.gen_range(0..2)],
             unacked_per_channel_max: [2, 8, 32][r.gen_range(0..3)],
             timing: Timing {
                 snapshot_interval_us: [3_000, 10_000, 30_000][r.gen_range(0..3)],
@@ -333,7 +333,7 @@ pub struct SimStats {
     /// more of it than its store holds): its line.
     pub stopped: Option<String>,
     /// Most messages in flight at once.
-    pub max_in_flight: usize,
+    pub in_flight_max: usize,
     /// Hash of every action taken, with its step and virtual time.
     pub trace_hash: u64,
 }
@@ -856,7 +856,7 @@ impl<'a> Sim<'a> {
                 branches: n as u16,
                 initiator: BranchId(0),
                 initial_balance: opts.initial_balance,
-                max_amount: opts.max_amount,
+                amount_max: opts.amount_max,
                 unacked_per_channel_max: opts.unacked_per_channel_max,
                 live_snapshots_max: opts.live_snapshots_max,
                 snapshots_kept: opts.snapshots_kept,
@@ -1287,7 +1287,7 @@ impl<'a> Sim<'a> {
         let at = q.back().map_or(0, |m| m.at).max(self.now + delay);
         q.push_back(Queued { at, msg: out.msg });
         self.in_flight += 1;
-        self.stats.max_in_flight = self.stats.max_in_flight.max(self.in_flight);
+        self.stats.in_flight_max = self.stats.in_flight_max.max(self.in_flight);
         Ok(())
     }
 

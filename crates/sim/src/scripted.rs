@@ -33,7 +33,7 @@ fn config(n: usize, me: usize) -> CoreConfig {
         branches: n as u16,
         initiator: b(0),
         initial_balance: INITIAL,
-        max_amount: 100,
+        amount_max: 100,
         unacked_per_channel_max: 1000,
         live_snapshots_max: 16,
         snapshots_kept: 1_000_000,
@@ -788,7 +788,7 @@ fn ack_leaves_only_in_a_ready_that_persists_the_credit() {
 fn transfer_tick_never_overdraws_and_stops_at_zero_balance() {
     let mut s = Sim::with(2, |c| {
         c.initial_balance = 50;
-        c.max_amount = 1000;
+        c.amount_max = 1000;
     });
     // No transfer goes to a peer before it said where it stands.
     assert!(!s.tick_transfer(1), "no position known yet: no transfer");
