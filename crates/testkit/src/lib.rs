@@ -9,6 +9,10 @@
 //! - [`logs`]: what the kit reads in a branch's log
 //!
 //! The programs are parameters ([`Bins`]): this crate cannot see cargo's binaries itself.
+//!
+//! What a test calls panics with a message when it fails (`start`, `stop`, `audit`, ...); the
+//! tools call the fallible forms (`try_start`, `try_start_with`, `terminate_all`, `kill9`,
+//! `exited`, [`free_ports`]) and report errors themselves.
 
 pub mod cluster;
 pub mod logs;
