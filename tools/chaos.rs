@@ -17,10 +17,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use snapbank::audit::{audit, Cluster as Stores};
 use snapbank::cli::format_audit;
-use std::fs::{File, OpenOptions};
-use std::net::TcpListener;
+use snapbank_testkit::{is_root, runs, Bins, Cluster, Dir};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -53,106 +53,9 @@ struct Args {
     snapshot_interval: Duration,
 }
 
-struct Node {
-    addr: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-struct Cluster {
-    bank: PathBuf,
-    hosts: PathBuf,
-    data: PathBuf,
-    nodes: Vec<Node>,
-    snapshot_interval: Duration,
-}
-
-impl Cluster {
-    fn start(&mut self, i: usize) -> Result<(), String> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.nodes[i].log)
-            .map_err(|e| format!("log: {e}"))?;
-        let err = log.try_clone().map_err(|e| format!("log: {e}"))?;
-        let child = Command::new(&self.bank)
-            .arg(&self.nodes[i].addr)
-            .arg("--hosts")
-            .arg(&self.hosts)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["--transfer-interval", "0s", "--snapshot-warn-after", "5s"])
-            .arg("--snapshot-interval")
-            .arg(humantime::format_duration(self.snapshot_interval).to_string())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.bank.display()))?;
-        self.nodes[i].child = Some(child);
-        Ok(())
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM everyone; returns the branches that did not exit 0.
-    fn stop_all(&mut self) -> Vec<String> {
-        for n in &self.nodes {
-            if let Some(c) = &n.child {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(c.id().to_string())
-                    .status();
-            }
-        }
-        let mut bad = Vec::new();
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let end = Instant::now() + Duration::from_secs(30);
-                let st = loop {
-                    match c.try_wait() {
-                        Ok(Some(st)) => break Some(st),
-                        _ if Instant::now() > end => {
-                            let _ = c.kill();
-                            break None;
-                        }
-                        _ => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                };
-                if !st.is_some_and(|s| s.success()) {
-                    bad.push(format!("{} ({:?})", n.addr, st));
-                }
-            }
-        }
-        bad
-    }
-
-    fn completed(&self) -> Vec<u64> {
-        let log = std::fs::read_to_string(&self.nodes[0].log).unwrap_or_default();
-        log.lines()
-            .filter_map(|l| {
-                let rest = &l[l.find("snapshot ")? + 9..];
-                let (id, rest) = rest.split_once(' ')?;
-                rest.starts_with("complete").then(|| id.parse().ok())?
-            })
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
+/// The initiator's completed snapshots, from its log.
+fn completed(cluster: &Cluster) -> Vec<u64> {
+    cluster.completed().iter().map(|c| c.id).collect()
 }
 
 /// An nftables table that drops traffic between address pairs; deleted on drop.
@@ -194,24 +97,8 @@ impl Drop for Cut {
     }
 }
 
-fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
-    ls.iter()
-        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
-        .collect()
-}
-
 fn nft_usable() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    root && Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    is_root() && runs("nft", "--version")
 }
 
 fn main() -> ExitCode {
@@ -229,12 +116,10 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<bool, String> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let mut rng = StdRng::seed_from_u64(seed);
-    let bank = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .parent()
-        .map(|d| d.join("bank"))
-        .filter(|p| p.is_file())
-        .ok_or("cannot find the `bank` binary next to chaos (cargo build --release)")?;
+    let bins = Bins::beside_current_exe().map_err(|e| e.to_string())?;
+    if !bins.bank.is_file() {
+        return Err("cannot find the `bank` binary next to chaos (cargo build --release)".into());
+    }
     let tmp;
     let dir: &Path = match &args.dir {
         Some(d) => {
@@ -252,40 +137,20 @@ fn run(args: Args) -> Result<bool, String> {
         println!("chaos: partitions SKIPPED (need root and nftables); killing only");
     }
     let n = args.branches as usize;
-    let ports = free_ports(n)?;
     let ips: Vec<String> = (0..n).map(|i| format!("127.0.0.{}", 11 + i)).collect();
-    let addrs: Vec<String> = ips
-        .iter()
-        .zip(&ports)
-        .map(|(ip, p)| format!("{ip}:{p}"))
-        .collect();
-    let hosts = dir.join("host.list");
-    let text: String = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{a}{}\n", if i == 0 { ":S" } else { "" }))
-        .collect();
-    std::fs::write(&hosts, &text).map_err(|e| e.to_string())?;
-    let list = snapbank::hosts::HostList::parse(&text, "host.list").map_err(|e| e.to_string())?;
-    snapbank::secure::ClusterKey::generate(&list)
-        .write(&dir.join("data").join("cluster.key"), true)
+    let mut cluster = Cluster::create(bins, Dir::Kept(dir.to_path_buf()), &ips, true)
         .map_err(|e| e.to_string())?;
-    let mut cluster = Cluster {
-        bank,
-        hosts,
-        data: dir.join("data"),
-        nodes: (0..n)
-            .map(|i| Node {
-                addr: addrs[i].clone(),
-                child: None,
-                log: dir.join(format!("bank{i}.log")),
-            })
-            .collect(),
-        snapshot_interval: args.snapshot_interval,
-    };
+    cluster.args = vec![
+        "--transfer-interval".into(),
+        "0s".into(),
+        "--snapshot-warn-after".into(),
+        "5s".into(),
+        "--snapshot-interval".into(),
+        humantime::format_duration(args.snapshot_interval).to_string(),
+    ];
     for i in 0..n {
-        let _ = File::create(&cluster.nodes[i].log);
-        cluster.start(i)?;
+        let _ = File::create(cluster.log_path(i));
+        cluster.try_start(i).map_err(|e| e.to_string())?;
     }
     println!(
         "chaos: {n} branches, {} of faults, seed {seed}, files in {}",
@@ -307,7 +172,7 @@ fn run(args: Args) -> Result<bool, String> {
         // Restart branches whose downtime is over, heal a partition whose time is up.
         down.retain(|(i, at)| {
             if *at <= now {
-                if let Err(e) = cluster.start(*i) {
+                if let Err(e) = cluster.try_start(*i) {
                     eprintln!("chaos: restart: {e}");
                 }
                 false
@@ -360,7 +225,7 @@ fn run(args: Args) -> Result<bool, String> {
             println!(
                 "[{:>6.1}s] kill -9 {}{} (back in {back:?})",
                 start.elapsed().as_secs_f64(),
-                cluster.nodes[i].addr,
+                cluster.addrs[i],
                 if i == 0 { " (initiator)" } else { "" }
             );
             down.push((i, now + back));
@@ -369,9 +234,9 @@ fn run(args: Args) -> Result<bool, String> {
     // Faults stop: heal, restart, and require snapshots to complete again.
     drop(cut.take());
     for (i, _) in std::mem::take(&mut down) {
-        cluster.start(i)?;
+        cluster.try_start(i).map_err(|e| e.to_string())?;
     }
-    let done_at_heal = cluster.completed().last().copied().unwrap_or(0);
+    let done_at_heal = completed(&cluster).last().copied().unwrap_or(0);
     println!(
         "[{:>6.1}s] faults over: healed and restarted everything; last snapshot so far {done_at_heal}",
         start.elapsed().as_secs_f64()
@@ -379,8 +244,7 @@ fn run(args: Args) -> Result<bool, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut live = false;
     while Instant::now() < deadline {
-        if cluster
-            .completed()
+        if completed(&cluster)
             .iter()
             .filter(|&&k| k > done_at_heal)
             .count()
@@ -391,14 +255,21 @@ fn run(args: Args) -> Result<bool, String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let bad_exits = cluster.stop_all();
-    let completed = cluster.completed();
-    let report = audit(&cluster.data, None).map_err(|e| format!("audit: {e}"))?;
+    // SIGTERM everyone; the branches that did not exit 0 within 30 s.
+    let bad_exits: Vec<String> = cluster
+        .terminate_all(Duration::from_secs(30))
+        .into_iter()
+        .filter(|(_, st)| !st.is_some_and(|s| s.success()))
+        .map(|(i, st)| format!("{} ({:?})", cluster.addrs[i], st))
+        .collect();
+    let completed = completed(&cluster);
+    let data = cluster.data();
+    let report = audit(&data, None).map_err(|e| format!("audit: {e}"))?;
     print!("{}", format_audit(&report));
     // From the store, not the log: a kill between commit and log line leaves a line unwritten.
     // The initiator keeps the latest --keep-snapshots, so its ids must be one unbroken run that
     // ends at the last snapshot it completed.
-    let ids: Vec<u64> = Stores::open(&cluster.data, None)
+    let ids: Vec<u64> = Stores::open(&data, None)
         .and_then(|c| Ok(c.initiator().globals()?))
         .map_err(|e| format!("read the initiator's snapshots: {e}"))?
         .iter()

@@ -17,7 +17,7 @@ pub mod control;
 pub mod metrics;
 mod pace;
 pub mod ready;
-mod stats;
+pub mod stats;
 
 pub use metrics::Metrics;
 pub use pace::Pace;

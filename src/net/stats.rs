@@ -2,10 +2,12 @@
 //! latency from durable debit to the acknowledgement that covers it, snapshot durations, start-up
 //! timings, and transfers per wall-clock phase. Measured in the shell; the core only exposes
 //! its sequence numbers.
+//!
+//! [`StatsFile`] is the file's one definition: the branch writes it, the bench reads it.
 
 use crate::core::DurableState;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,45 +38,76 @@ pub struct Stats {
     phases: BTreeMap<u64, u64>,
 }
 
-#[derive(Clone, Serialize)]
-struct SnapshotTime {
-    id: u64,
-    duration_us: u64,
+/// The `--stats-file` JSON, rewritten (atomically) every `--status-interval` and at exit. The
+/// keys are documented in the README (`--stats-file`); a file from a bank before `commit_us`
+/// existed reads with it empty.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsFile {
+    /// The branch's address, as in host.list.
+    pub branch: String,
+    /// The process that wrote the file (a restarted branch writes a new pid).
+    pub pid: u32,
+    /// Seconds since the process started.
+    pub uptime_s: f64,
+    /// Process start to store opened and recovered, ms.
+    pub store_open_ms: Option<f64>,
+    /// Process start to the first new transfer committed and handed to its link, ms.
+    pub first_transfer_ms: Option<f64>,
+    /// New transfers committed (debits) by this process.
+    pub transfers_sent: u64,
+    /// Transfers applied (credits) by this process.
+    pub transfers_applied: u64,
+    /// Durable debit to the acknowledgement that covers it, µs.
+    pub latency_us: LatencySummary,
+    /// Durations of the store commits (one per step that wrote anything), µs.
+    #[serde(default)]
+    pub commit_us: LatencySummary,
+    /// The initiator's completed snapshots (the newest 10,000).
+    pub snapshots: Vec<SnapshotTime>,
+    /// Transfers per wall-clock phase, with `--snapshot-phases` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
 }
 
-#[derive(Serialize)]
-struct Latency {
-    count: u64,
-    p50: u64,
-    p90: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
+/// One completed snapshot: start to global completion at the initiator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotTime {
+    pub id: u64,
+    pub duration_us: u64,
+}
+
+/// A histogram's summary, µs (count: values recorded).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
     /// (upper bound in µs, count) of each non-empty bucket, for merging across branches.
-    buckets: Vec<(u64, u64)>,
+    pub buckets: Vec<(u64, u64)>,
 }
 
-#[derive(Serialize)]
-struct Phases {
-    length_ms: u64,
-    transfers: BTreeMap<String, u64>,
+/// Transfers sent per wall-clock phase of `length_ms` (key: the phase's index, Unix ms divided
+/// by `length_ms`; the newest 10,000 phases).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    pub length_ms: u64,
+    pub transfers: BTreeMap<u64, u64>,
 }
 
-#[derive(Serialize)]
-struct File<'a> {
-    branch: &'a str,
-    pid: u32,
-    uptime_s: f64,
-    store_open_ms: Option<f64>,
-    first_transfer_ms: Option<f64>,
-    transfers_sent: u64,
-    transfers_applied: u64,
-    latency_us: Latency,
-    /// Durations of the store commits (one per step that wrote anything).
-    commit_us: Latency,
-    snapshots: Vec<SnapshotTime>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    phases: Option<Phases>,
+impl StatsFile {
+    /// Reads and parses a stats file.
+    pub fn read(path: &std::path::Path) -> std::io::Result<StatsFile> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -193,7 +226,7 @@ impl Stats {
     /// Rewrites the stats file (atomically), if there is one.
     pub fn write(&self, branch: &str) {
         let Some(path) = &self.path else { return };
-        let summary = |h: &Histogram<u64>| Latency {
+        let summary = |h: &Histogram<u64>| LatencySummary {
             count: h.len(),
             p50: h.value_at_quantile(0.50),
             p90: h.value_at_quantile(0.90),
@@ -210,8 +243,8 @@ impl Stats {
                 })
                 .collect(),
         };
-        let file = File {
-            branch,
+        let file = StatsFile {
+            branch: branch.to_string(),
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             store_open_ms: self.store_open.map(ms),
@@ -225,11 +258,7 @@ impl Stats {
             snapshots: self.snapshots.iter().cloned().collect(),
             phases: self.phase.map(|len| Phases {
                 length_ms: len.as_millis() as u64,
-                transfers: self
-                    .phases
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), *v))
-                    .collect(),
+                transfers: self.phases.clone(),
             }),
         };
         let written = serde_json::to_vec(&file)
@@ -238,5 +267,96 @@ impl Stats {
         if let Err(e) = written {
             tracing::warn!("cannot write stats file {}: {e}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(phases: bool) -> StatsFile {
+        let summary = LatencySummary {
+            count: 3,
+            p50: 10,
+            p90: 20,
+            p99: 30,
+            p999: 30,
+            max: 31,
+            buckets: vec![(10, 1), (31, 2)],
+        };
+        StatsFile {
+            branch: "127.0.0.1:7000".into(),
+            pid: 42,
+            uptime_s: 1.5,
+            store_open_ms: Some(2.25),
+            first_transfer_ms: None,
+            transfers_sent: 7,
+            transfers_applied: 5,
+            latency_us: summary.clone(),
+            commit_us: summary,
+            snapshots: vec![SnapshotTime {
+                id: 1,
+                duration_us: 900,
+            }],
+            phases: phases.then(|| Phases {
+                length_ms: 2000,
+                transfers: BTreeMap::from([(864_000_000, 3), (864_000_001, 4)]),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_file_keeps_its_keys_and_reads_back() {
+        let f = sample(true);
+        let v = serde_json::to_value(&f).expect("encode");
+        let keys: Vec<&str> = v
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "branch",
+                "commit_us",
+                "first_transfer_ms",
+                "latency_us",
+                "phases",
+                "pid",
+                "snapshots",
+                "store_open_ms",
+                "transfers_applied",
+                "transfers_sent",
+                "uptime_s"
+            ]
+        );
+        assert_eq!(v["first_transfer_ms"], serde_json::Value::Null);
+        assert_eq!(
+            v["latency_us"]["buckets"],
+            serde_json::json!([[10, 1], [31, 2]])
+        );
+        assert_eq!(
+            v["snapshots"],
+            serde_json::json!([{"id": 1, "duration_us": 900}])
+        );
+        assert_eq!(
+            v["phases"],
+            serde_json::json!({"length_ms": 2000, "transfers": {"864000000": 3, "864000001": 4}})
+        );
+        let back: StatsFile = serde_json::from_value(v).expect("decode");
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn no_phases_no_key_and_an_older_file_reads() {
+        let f = sample(false);
+        let mut v = serde_json::to_value(&f).expect("encode");
+        assert!(v.get("phases").is_none());
+        // A bank from before `commit_us`.
+        v.as_object_mut().expect("an object").remove("commit_us");
+        let back: StatsFile = serde_json::from_value(v).expect("decode");
+        assert_eq!(back.commit_us, LatencySummary::default());
+        assert_eq!(back.latency_us, f.latency_us);
     }
 }

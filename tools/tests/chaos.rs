@@ -1,12 +1,14 @@
 //! CI's short run of `tools/chaos`: a minute of kill -9s and partitions at full speed, then audit.
-
-mod common;
+//!
+//! chaos runs the `bank` beside it, which the root package builds: run this with the workspace
+//! (`cargo test --workspace`, as CI does) or after a `cargo build` of the same profile, or chaos
+//! says it cannot find `bank`.
 
 use std::process::Command;
 
 #[test]
 fn a_minute_of_chaos_loses_and_creates_nothing() {
-    let partitions = common::fault_tools_available("chaos partitions");
+    let partitions = snapbank_testkit::fault_tools_available("chaos partitions");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chaos"));
     cmd.args(["--duration", "60s", "--branches", "4"]);
     if !partitions {
