@@ -9,7 +9,7 @@
 //! - `chart-durations`: how long each snapshot took, with p50/p99/max;
 //! - `chart-rate`: transfers per second between consecutive completed snapshots.
 //!
-//! Every data point is a `circle.point` (when a chart has at most [`MAX_MARKERS`] of them), so a
+//! Every data point is a `circle.point` (when a chart has at most [`MARKERS_MAX`] of them), so a
 //! test can count them. Values are u64/u128; they are scaled in f64 for drawing only, tick
 //! labels are exact decimals, and totals are printed exactly in the text.
 
@@ -146,7 +146,7 @@ pub struct Report {
 
 /// Most data-point markers a chart draws; beyond it only the lines (a test counts markers on
 /// the smaller charts, where every snapshot has one).
-pub const MAX_MARKERS: usize = 2000;
+pub const MARKERS_MAX: usize = 2000;
 /// Most legend entries a chart lists; with more series the rest are summed up in one line.
 pub const LEGEND_MAX: usize = 16;
 
@@ -813,7 +813,7 @@ impl LineChart {
                 (y0 + y1) / 2.0
             );
         }
-        let markers = n_points <= MAX_MARKERS;
+        let markers = n_points <= MARKERS_MAX;
         for (i, series) in self.series.iter().enumerate() {
             let coords: Vec<String> = series
                 .points
