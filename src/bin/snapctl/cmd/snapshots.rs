@@ -1,0 +1,144 @@
+//! `snapctl snapshots`: list a stopped cluster's completed global snapshots, then the pending
+//! ones and what they wait for.
+
+use crate::shared::{print_json, Stores};
+use crate::{Failure, Outcome};
+use snapbank::audit::{pending, AuditError, PendingView};
+use snapbank::snapshot::GlobalSnapshot;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+#[derive(clap::Args, Debug)]
+pub struct Snapshots {
+    #[command(flatten)]
+    stores: Stores,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Snapshots {
+    pub fn run(self) -> Outcome {
+        let cluster = self.stores.open()?;
+        let globals = cluster
+            .initiator()
+            .globals()
+            .map_err(|e| Failure::cannot(AuditError::from(e)))?;
+        let pending = pending(&cluster).map_err(Failure::cannot)?;
+        if self.json {
+            let list: Vec<serde_json::Value> = globals
+                .iter()
+                .map(|g| snapshot_json(g, &cluster.names))
+                .collect();
+            let doc = serde_json::json!({ "completed": list, "pending": pending });
+            print_json(&doc)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if globals.is_empty() {
+            println!("no completed snapshots");
+        } else {
+            let mut header = format!(
+                "{:>6}  {:<24}  {:>10}  {:>12}",
+                "id", "started", "duration", "total"
+            );
+            for name in &cluster.names {
+                header.push_str(&format!("  {:>22}", name));
+            }
+            println!("{header}");
+            for g in &globals {
+                let mut line = format!(
+                    "{:>6}  {:<24}  {:>8.1}ms  {:>12}",
+                    g.snapshot.0,
+                    rfc3339(g.started_at),
+                    g.duration_us() as f64 / 1000.0,
+                    g.total
+                );
+                for p in &g.parts {
+                    let chan: u128 = p.channels.iter().map(|c| c.money as u128).sum();
+                    line.push_str(&format!("  {:>22}", format!("{} + {}", p.balance, chan)));
+                }
+                if !g.conserves_money() {
+                    line.push_str(&format!("  (expected {})", g.expected_total));
+                }
+                println!("{line}");
+            }
+            println!("(per branch: balance + money recorded in its incoming channels)");
+        }
+        print_pending(&pending);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_pending(pending: &[PendingView]) {
+    for p in pending {
+        let started = p.started_us.map_or("?".to_string(), rfc3339);
+        let what: Vec<String> = p
+            .branches
+            .iter()
+            .filter(|b| b.status != "done")
+            .map(|b| {
+                if b.waiting_for_markers_from.is_empty() {
+                    format!("{} has not recorded it", b.branch)
+                } else {
+                    format!(
+                        "{} waits for markers from {}",
+                        b.branch,
+                        b.waiting_for_markers_from.join(", ")
+                    )
+                }
+            })
+            .collect();
+        let what = if what.is_empty() {
+            "every part is in; the initiator has yet to assemble it".to_string()
+        } else {
+            what.join("; ")
+        };
+        println!(
+            "pending snapshot {} (started {started}): {what}",
+            p.snapshot
+        );
+    }
+}
+
+fn rfc3339(us: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_micros(us);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn snapshot_json(g: &GlobalSnapshot, names: &[String]) -> serde_json::Value {
+    let branches: Vec<serde_json::Value> = g
+        .parts
+        .iter()
+        .map(|p| {
+            let channels: Vec<serde_json::Value> = p
+                .channels
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "from": names.get(c.from.index()).cloned().unwrap_or_default(),
+                        "money": c.money,
+                        "transfers": c.count,
+                        "after_seq": c.applied_at_record.0,
+                        "until_seq": c.until.0,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "branch": names.get(p.branch.index()).cloned().unwrap_or_default(),
+                "balance": p.balance,
+                "channel_money": p.channels.iter().map(|c| c.money as u128).sum::<u128>(),
+                "channels": channels,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": g.snapshot.0,
+        "started": rfc3339(g.started_at),
+        "started_us": g.started_at,
+        "completed_us": g.completed_at,
+        "duration_ms": g.duration_us() as f64 / 1000.0,
+        "total": g.total,
+        "expected_total": g.expected_total,
+        "branches": branches,
+    })
+}

@@ -1,0 +1,103 @@
+//! `snapctl`: inspect and audit the stores of a stopped snapbank cluster, and ask a running one
+//! (`status`, `snapshot`) over its authenticated channel.
+//!
+//! This file parses the command line, hands it to the subcommand's module under `cmd/` and turns
+//! what that returns into the exit code: a subcommand's verdict (0 or 1) as it is, or a
+//! [`Failure`] as one `snapctl: error: …` line on stderr and its code. What several subcommands
+//! share (how to find the stores, how to reach a running cluster, JSON output, line wrapping)
+//! is in `shared.rs`.
+
+mod cmd;
+mod shared;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Audit and inspect snapbank stores. Exit codes: 0 consistent, 1 a violation, 2 cannot read.
+#[derive(Parser, Debug)]
+#[command(name = "snapctl", version)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check that no money was lost or created: snapshots, channels, ledger and current state.
+    Audit(cmd::audit::Audit),
+    /// Rewind every store of a stopped cluster to completed snapshot K (a lost store is rebuilt
+    /// from the initiator's copy); the cluster then restarts from K with the total intact.
+    Restore(cmd::restore::Restore),
+    /// Write a new cluster key file (mode 0600): a pre-shared key plus a key pair per branch of
+    /// host.list. Copy it to every host of the cluster, like host.list.
+    Keygen(cmd::keygen::Keygen),
+    /// List completed global snapshots, then the pending ones and what they wait for.
+    Snapshots(cmd::snapshots::Snapshots),
+    /// Write one self-contained HTML page charting the completed snapshots: each branch's
+    /// balance, the total against the expected total, snapshot durations and the transfer rate.
+    /// Exit 1 when a snapshot does not conserve money (the page is written all the same).
+    Report(cmd::report::Report),
+    /// Ask every running branch how it is: balance, links, transfers, snapshots, uptime,
+    /// restarts. Exit 1 if a branch does not answer.
+    Status(cmd::status::Status),
+    /// Ask the running initiator to start a snapshot now and wait for its verdict. Exit 0 when
+    /// it conserves money, 1 when it does not or no verdict came in time.
+    Snapshot(cmd::snapshot::Snapshot),
+}
+
+/// Why a subcommand gave up: the one line printed after `snapctl: error: `, and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl Failure {
+    /// Something could not be read, written or reached: exit 2.
+    pub fn cannot(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            message: message.to_string(),
+            code: 2,
+        }
+    }
+
+    /// The cluster was reached but gave no good answer: exit 1.
+    pub fn failed(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            message: message.to_string(),
+            code: 1,
+        }
+    }
+}
+
+/// What a subcommand returns: its exit code (0, or 1 for a bad verdict it has printed), or why
+/// it gave up.
+pub type Outcome = Result<ExitCode, Failure>;
+
+/// Exit 0 when `ok`, else 1.
+pub fn verdict(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn main() -> ExitCode {
+    let outcome = match Args::parse().cmd {
+        Cmd::Audit(c) => c.run(),
+        Cmd::Restore(c) => c.run(),
+        Cmd::Keygen(c) => c.run(),
+        Cmd::Snapshots(c) => c.run(),
+        Cmd::Report(c) => c.run(),
+        Cmd::Status(c) => c.run(),
+        Cmd::Snapshot(c) => c.run(),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("snapctl: error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

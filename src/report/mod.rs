@@ -1,0 +1,228 @@
+//! `snapctl report`: one self-contained HTML page charting the completed global snapshots of a
+//! stopped cluster, read from the initiator's store.
+//!
+//! Four hand-written inline SVG line charts (no script, no external resource), all with the
+//! snapshot id on the x axis:
+//! - `chart-balances`: each branch's recorded balance (one `polyline.series.branch` per branch);
+//! - `chart-total`: Σ (balance + money in flight towards the branch) against the expected total,
+//!   with a verdict: a flat line on the reference is the proof that money was conserved;
+//! - `chart-durations`: how long each snapshot took, with p50/p99/max;
+//! - `chart-rate`: transfers per second between consecutive completed snapshots.
+//!
+//! Every data point is a `circle.point` (when a chart has at most [`MARKERS_MAX`] of them), so a
+//! test can count them. Values are u64/u128; they are scaled in f64 for drawing only, tick
+//! labels are exact decimals, and totals are printed exactly in the text.
+//!
+//! Layout (each file calls only those after it):
+//! - this file: the entry points [`Report::from_cluster`], [`Report::new`], [`Report::html`]
+//!   and [`write_atomic`] (the page is written with [`crate::durable::write_atomic`]);
+//! - `page.rs`: the HTML page: summary, verdict, the charts with their captions, the table of
+//!   the last snapshot, the CSS;
+//! - `figures.rs`: what is computed from the snapshots: each one's figures, the rates, the
+//!   duration percentiles, the verdict and each chart's series;
+//! - `chart.rs`: drawing one line chart as SVG (axes, ticks, lines, markers, legend), knowing
+//!   nothing of snapshots.
+
+mod chart;
+mod figures;
+mod page;
+
+pub use chart::{LEGEND_MAX, MARKERS_MAX};
+pub use figures::{percentile, DurationStats, Rate, SnapshotFigures};
+
+use crate::audit::{AuditError, Cluster};
+use crate::snapshot::GlobalSnapshot;
+use std::path::Path;
+
+/// Why no report was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Read(#[from] AuditError),
+    #[error("no completed snapshots in {0}: nothing to chart (run the cluster until its initiator completes one)")]
+    NoSnapshots(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Everything the page shows, computed from the initiator's completed global snapshots.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Branch addresses in branch order (the initiator is `branches[initiator]`).
+    pub branches: Vec<String>,
+    pub initiator: usize,
+    /// Where the figures come from (the data directory), for the page's footer.
+    pub source: String,
+    /// Completed snapshots in id order; never empty.
+    pub snapshots: Vec<SnapshotFigures>,
+    /// One per consecutive pair of `snapshots` where time passed and the transfer count did not
+    /// go back.
+    pub rates: Vec<Rate>,
+    /// Consecutive pairs without a rate: no time passed or fewer transfers were counted at the
+    /// later cut (as across a `snapctl restore`).
+    pub rates_skipped: usize,
+}
+
+impl Report {
+    /// Reads the initiator's completed global snapshots of an opened cluster.
+    pub fn from_cluster(c: &Cluster) -> Result<Report, ReportError> {
+        let globals = c.initiator().globals().map_err(AuditError::from)?;
+        let initiator = c.identity.initiator().index();
+        let store = c.initiator().path();
+        let source = store.parent().unwrap_or(store).display().to_string();
+        Report::new(c.names.clone(), initiator, source, &globals).ok_or_else(|| {
+            ReportError::NoSnapshots(format!("the initiator's store {}", store.display()))
+        })
+    }
+
+    /// The report of `globals` (in any order, any ids); `None` when there is none.
+    pub fn new(
+        branches: Vec<String>,
+        initiator: usize,
+        source: String,
+        globals: &[GlobalSnapshot],
+    ) -> Option<Report> {
+        if globals.is_empty() {
+            return None;
+        }
+        let mut snapshots: Vec<SnapshotFigures> = globals
+            .iter()
+            .map(|g| SnapshotFigures::new(g, branches.len()))
+            .collect();
+        snapshots.sort_by_key(|s| s.id);
+        let (rates, rates_skipped) = figures::rates(&snapshots);
+        Some(Report {
+            branches,
+            initiator,
+            source,
+            snapshots,
+            rates,
+            rates_skipped,
+        })
+    }
+
+    /// The whole page: HTML with inline CSS and SVG, nothing loaded from elsewhere.
+    pub fn html(&self) -> String {
+        page::html(self)
+    }
+}
+
+/// Writes `contents` to `path` atomically and durably ([`crate::durable::write_atomic`]), so
+/// `path` is never seen half-written.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), ReportError> {
+    let fail = |source| ReportError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(fail(std::io::Error::other("is a directory")));
+    }
+    crate::durable::write_atomic(path, contents, None).map_err(fail)
+}
+
+#[cfg(test)]
+mod fixtures {
+    //! Snapshots and reports for the unit tests of `figures.rs` and `page.rs`.
+
+    use super::Report;
+    use crate::snapshot::{ChannelRecord, GlobalSnapshot, LocalPart};
+    use crate::types::{BranchId, Seq, SnapshotId};
+
+    /// A snapshot of `balances.len()` branches with `in_flight` money on the channel towards
+    /// branch 0 and `sent` as the last seq on each outgoing channel of every branch.
+    pub fn global(
+        id: u64,
+        started_ms: u64,
+        took_ms: u64,
+        balances: &[u64],
+        in_flight: u64,
+        sent: u64,
+    ) -> GlobalSnapshot {
+        let n = balances.len();
+        let parts: Vec<LocalPart> = balances
+            .iter()
+            .enumerate()
+            .map(|(b, &balance)| LocalPart {
+                snapshot: SnapshotId(id),
+                branch: BranchId(b as u16),
+                recorded_at: started_ms * 1000,
+                balance,
+                sent: (0..n)
+                    .filter(|&p| p != b)
+                    .map(|p| (BranchId(p as u16), Seq(sent)))
+                    .collect(),
+                channels: vec![ChannelRecord {
+                    from: BranchId(((b + 1) % n) as u16),
+                    applied_at_record: Seq(0),
+                    until: Seq(0),
+                    money: if b == 0 { in_flight } else { 0 },
+                    count: u64::from(b == 0 && in_flight > 0),
+                }],
+            })
+            .collect();
+        let total = parts.iter().map(|p| p.money()).sum();
+        GlobalSnapshot {
+            snapshot: SnapshotId(id),
+            started_at: 1_700_000_000_000_000 + started_ms * 1000,
+            completed_at: 1_700_000_000_000_000 + (started_ms + took_ms) * 1000,
+            expected_total: 4_000,
+            total,
+            parts,
+        }
+    }
+
+    pub fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("127.0.0.1:{}", 8000 + i)).collect()
+    }
+
+    pub fn report(globals: &[GlobalSnapshot]) -> Report {
+        let n = globals.first().map_or(0, |g| g.parts.len());
+        Report::new(names(n), 0, "data".into(), globals).expect("snapshots")
+    }
+
+    /// The part of `html` from `<svg id="{id}"` to its `</svg>`.
+    pub fn svg<'a>(html: &'a str, id: &str) -> &'a str {
+        let start = html
+            .find(&format!("<svg id=\"{id}\""))
+            .unwrap_or_else(|| panic!("svg {id}"));
+        let len = html[start..].find("</svg>").expect("svg end");
+        &html[start..start + len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::names;
+    use super::*;
+
+    #[test]
+    fn no_snapshots_no_report() {
+        assert!(Report::new(names(4), 0, "data".into(), &[]).is_none());
+    }
+
+    #[test]
+    fn write_atomic_replaces_the_file_and_names_it_on_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("report.html");
+        write_atomic(&path, b"one").expect("write");
+        write_atomic(&path, b"two").expect("replace");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .expect("entries");
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+        let e = write_atomic(dir.path(), b"x").expect_err("a directory");
+        assert!(e.to_string().ends_with(": is a directory"), "{e}");
+        let missing = dir.path().join("no").join("report.html");
+        let e = write_atomic(&missing, b"x").expect_err("no such directory");
+        assert!(
+            e.to_string().contains(&missing.display().to_string()),
+            "{e}"
+        );
+    }
+}
