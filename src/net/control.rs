@@ -7,7 +7,8 @@
 //! branch's core answers in its own loop (see `Event::Control`), so the reply is a consistent
 //! view of one step.
 
-use super::{read_handshake_message, with_length, Event, HandshakeError};
+use super::handshake::{read_handshake_message, with_length, HandshakeError};
+use super::Event;
 use crate::core::Branch;
 use crate::core::DurableState;
 use crate::hosts::HostList;
