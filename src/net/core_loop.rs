@@ -1,7 +1,8 @@
 //! The core loop: the one task that owns the [`Branch`] core and the store. It drains events
 //! from a bounded inbox, feeds them to the core, commits the resulting [`WriteBatch`] (one
 //! atomic, flushed batch per step: group commit), and only then hands the messages to the links.
-//! It spawns the links and the listener, and stops them when it stops.
+//! It spawns the links and the listener on its [`TaskTracker`] and, when it stops, waits for
+//! them all (for at most [`TASKS_STOP_TIME_MAX`]).
 //!
 //! [`WriteBatch`]: crate::core::WriteBatch
 
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 /// Bound on events queued for the core loop (back-pressure on readers).
@@ -30,11 +32,14 @@ const EVENTS_PER_STEP_MAX: usize = 4096;
 const TRANSFERS_PER_STEP_MAX: usize = 512;
 /// How far a paced branch may fall behind its schedule before it forgets the backlog.
 const PACE_BACKLOG_MAX: Duration = Duration::from_millis(50);
+/// On exit, how long the links, the listener and the connections get to end once told to: a
+/// task stuck on a socket is left behind (and named in a warning) rather than hang the exit.
+const TASKS_STOP_TIME_MAX: Duration = Duration::from_secs(2);
 /// At full speed with the channels full, how long to wait before trying transfers again.
 const CHANNELS_FULL_PAUSE: Duration = Duration::from_millis(2);
 
 /// Runs one branch until `shutdown` is cancelled; then stops making transfers, lets in-flight
-/// work settle for `settle`, stops the links, flushes and returns. It counts its
+/// work settle for `settle`, stops every task it spawned, flushes and returns. It counts its
 /// start in the store.
 pub async fn run_branch(
     cfg: NodeConfig,
@@ -49,7 +54,9 @@ pub async fn run_branch(
             source,
         })?;
     let mut core_loop = CoreLoop::open(cfg, store, listener)?;
-    core_loop.run(&shutdown).await?;
+    let ran = core_loop.run(&shutdown).await;
+    core_loop.stop_tasks().await;
+    ran?;
     core_loop.finish()
 }
 
@@ -75,7 +82,8 @@ struct CoreLoop {
     pace_rng: SeededRng,
     /// When the next paced transfer is due (`None`: full speed, or no pace).
     next_transfer: Option<tokio::time::Instant>,
-    /// Stops the listener, the connections and the links.
+    /// Every task this loop spawned (listener, connections, links), and how to stop them.
+    tasks: TaskTracker,
     links_stop: CancellationToken,
 }
 
@@ -110,14 +118,16 @@ impl CoreLoop {
         let console = control::Console::new(cfg.started, restarts);
         let links_stop = CancellationToken::new();
         let acks = AckSlots::new(n);
+        let tasks = TaskTracker::new();
 
-        tokio::spawn(
+        tasks.spawn(
             Listener {
                 listener,
                 cfg: cfg.clone(),
                 inbox: inbox_tx.clone(),
                 acks: acks.clone(),
                 stop: links_stop.clone(),
+                tasks: tasks.clone(),
             }
             .run(),
         );
@@ -129,7 +139,7 @@ impl CoreLoop {
             }
             let (end, link) = OutLink::new(&cfg, peer, inbox_tx.clone(), links_stop.clone());
             out_links[peer.index()] = Some(end);
-            tokio::spawn(link.run());
+            tasks.spawn(link.run());
         }
         drop(inbox_tx);
 
@@ -153,6 +163,7 @@ impl CoreLoop {
             refusals: vec![None; n],
             pace_rng,
             next_transfer,
+            tasks,
             links_stop,
             cfg,
         })
@@ -272,10 +283,26 @@ impl CoreLoop {
         Ok(())
     }
 
-    /// Stops the links, flushes the store, writes the stats file one last time and reports what
-    /// the branch did.
-    fn finish(mut self) -> Result<RunSummary, NodeError> {
+    /// Tells every task to stop and waits (at most [`TASKS_STOP_TIME_MAX`]) until they have.
+    async fn stop_tasks(&mut self) {
         self.links_stop.cancel();
+        // Links blocked handing the inbox an event see it closed.
+        self.inbox.close();
+        self.tasks.close();
+        if tokio::time::timeout(TASKS_STOP_TIME_MAX, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "branch {}: {} of its tasks (links, connections, listener) did not stop within {TASKS_STOP_TIME_MAX:?}; exiting without them",
+                self.my_addr,
+                self.tasks.len()
+            );
+        }
+    }
+
+    /// Flushes the store, writes the stats file one last time and reports what the branch did.
+    fn finish(mut self) -> Result<RunSummary, NodeError> {
         self.store.flush()?;
         self.stats.write(&self.addr_text);
         let st = self.core.state();

@@ -3,7 +3,7 @@
 //! acknowledgements back, taking the latest from the peer's slot in [`AckSlots`].
 
 use super::handshake::{self, HandshakeError, HANDSHAKE_TIME_MAX};
-use super::{control, kind, metrics, Event, NodeConfig};
+use super::{control, kind, metrics, Event, NodeConfig, STOP_FLUSH_TIME_MAX};
 use crate::secure::{self, FrameCodec};
 use crate::types::BranchId;
 use crate::wire::Message;
@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 /// Inbound connections still in their handshake at once; more are closed at once (strangers
@@ -94,13 +95,14 @@ impl AckSlots {
     }
 }
 
-/// Accepts connections until the branch stops; spawns an [`InboundConn`] for each.
+/// Accepts connections until the branch stops; spawns an [`InboundConn`] for each on `tasks`.
 pub(super) struct Listener {
     pub listener: TcpListener,
     pub cfg: NodeConfig,
     pub inbox: mpsc::Sender<Event>,
     pub acks: AckSlots,
     pub stop: CancellationToken,
+    pub tasks: TaskTracker,
 }
 
 impl Listener {
@@ -136,11 +138,14 @@ impl Listener {
                         acks: self.acks.clone(),
                         stop: self.stop.clone(),
                     };
-                    tokio::spawn(conn.run(stream, permit));
+                    self.tasks.spawn(conn.run(stream, permit));
                 }
                 Err(e) => {
                     warn!("accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(ACCEPT_RETRY_PAUSE) => {}
+                    }
                 }
             }
         }
@@ -168,7 +173,11 @@ enum Accepted {
 
 impl InboundConn {
     async fn run(self, stream: TcpStream, permit: OwnedSemaphorePermit) {
-        match self.handshake(stream, permit).await {
+        let accepted = tokio::select! {
+            _ = self.stop.cancelled() => return,
+            a = self.handshake(stream, permit) => a,
+        };
+        match accepted {
             Some(Accepted::Branch(peer, framed)) => self.serve(peer, framed).await,
             Some(Accepted::Operator(framed)) => {
                 control::serve(framed, self.remote, self.inbox, self.stop).await
@@ -264,14 +273,18 @@ impl InboundConn {
         let reason = loop {
             tokio::select! {
                 _ = self.stop.cancelled() => {
-                    let _ = sink.flush().await;
+                    let _ = tokio::time::timeout(STOP_FLUSH_TIME_MAX, sink.flush()).await;
                     return;
                 }
                 changed = ack_rx.changed() => match changed {
                     Ok(()) => {
                         let latest = ack_rx.borrow_and_update().clone();
                         if let Some(msg) = latest {
-                            if let Err(e) = sink.send(msg).await {
+                            let sent = tokio::select! {
+                                _ = self.stop.cancelled() => return,
+                                r = sink.send(msg) => r,
+                            };
+                            if let Err(e) = sent {
                                 break e.to_string();
                             }
                         }

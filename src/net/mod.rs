@@ -4,7 +4,7 @@
 //! It is split into rooms, each a struct owning its state; a room calls only what its line names,
 //! and the links reach the core only through the core loop's bounded inbox of [`Event`]s:
 //! - `core_loop` (`CoreLoop`): owns the core, the store, the console, stats, the metrics handle,
-//!   the peers' outgoing queues and the inbound ack slots, and spawns the tasks below; steps the
+//!   the peers' outgoing queues, the inbound ack slots and the tracker of every task; steps the
 //!   core and commits before it sends. Calls [`ready`], [`control`], `stats`, [`metrics`],
 //!   `outgoing`, `inbound`.
 //! - `outgoing` (`OutLink`, `OutgoingLink`): owns one peer's queue and its connection;
@@ -41,6 +41,10 @@ use crate::wire::Message;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// On shutdown, how long a link gets to flush what it already wrote into its buffer (a peer that
+/// stopped reading cannot hold the exit up).
+const STOP_FLUSH_TIME_MAX: Duration = Duration::from_millis(500);
 
 /// How a branch runs, beyond the core's own configuration.
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@
 //! broken connection reaches the next one (the core resends it after the next position exchange).
 
 use super::handshake::{self, HandshakeError, HANDSHAKE_TIME_MAX};
-use super::{metrics, Event, NodeConfig};
+use super::{metrics, Event, NodeConfig, STOP_FLUSH_TIME_MAX};
 use crate::secure::FrameCodec;
 use crate::types::BranchId;
 use crate::wire::Message;
@@ -189,7 +189,7 @@ impl OutgoingLink {
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => {
-                    let _ = sink.flush().await;
+                    let _ = tokio::time::timeout(STOP_FLUSH_TIME_MAX, sink.flush()).await;
                     return None;
                 }
                 m = self.rx.recv() => {
@@ -197,7 +197,11 @@ impl OutgoingLink {
                     if e != self.epoch {
                         continue;
                     }
-                    if let Err(err) = write_queued(&mut self.rx, self.epoch, &mut sink, msg).await {
+                    let written = tokio::select! {
+                        _ = self.stop.cancelled() => return None,
+                        r = write_queued(&mut self.rx, self.epoch, &mut sink, msg) => r,
+                    };
+                    if let Err(err) = written {
                         return Some(err);
                     }
                 }
