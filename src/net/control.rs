@@ -312,6 +312,9 @@ impl Console {
                     )));
                 } else {
                     self.waiting.push((k, p.reply));
+                    // Each waits for a distinct snapshot in flight (snapshots complete in order,
+                    // and each completion answers its own): the core's limit bounds them.
+                    debug_assert!(self.waiting.len() <= core.config().live_snapshots_max);
                 }
             }
         }

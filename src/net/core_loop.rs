@@ -261,7 +261,9 @@ impl CoreLoop {
             self.console.completed(k, us, total, expected);
         }
         // Operators' questions are answered from committed state only: what a crash now would
-        // leave (their events arrived during the step, before its commit).
+        // leave (their events arrived during the step, before its commit). At most one per
+        // event of the step.
+        debug_assert!(self.questions.len() <= EVENTS_PER_STEP_MAX + 1);
         for p in self.questions.drain(..) {
             let up = self.acks.up();
             self.console.handle(

@@ -7,7 +7,7 @@
 //!   the peers' outgoing queues, the inbound ack slots and the tracker of every task; steps the
 //!   core and commits before it sends. Calls [`ready`], [`control`], `stats`, [`metrics`],
 //!   `outgoing`, `inbound`.
-//! - `outgoing` (`OutLink`, `OutgoingLink`): owns one peer's queue and its connection;
+//! - `outgoing` (`OutLink`, `OutgoingLink`): owns one peer's bounded queue and its connection;
 //!   dials, retries, writes the core's messages, reads acks. Calls `handshake`.
 //! - `inbound` (`Listener`, `InboundConn`, `AckSlots`): owns the listening socket, the handshake
 //!   slots and one accepted connection each; reads transfers, markers and parts, writes acks.
