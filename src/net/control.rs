@@ -7,7 +7,8 @@
 //! branch's core answers in its own loop (see `Event::Control`), so the reply is a consistent
 //! view of one step.
 
-use super::{read_handshake_message, with_length, Event, HandshakeError};
+use super::handshake::{read_handshake_message, with_length, HandshakeError};
+use super::Event;
 use crate::core::Branch;
 use crate::core::DurableState;
 use crate::hosts::HostList;
@@ -311,6 +312,9 @@ impl Console {
                     )));
                 } else {
                     self.waiting.push((k, p.reply));
+                    // Each waits for a distinct snapshot in flight (snapshots complete in order,
+                    // and each completion answers its own): the core's limit bounds them.
+                    debug_assert!(self.waiting.len() <= core.config().live_snapshots_max);
                 }
             }
         }
