@@ -1,21 +1,37 @@
 //! snapbank: a distributed bank whose branches move money over TCP, exactly once and durably,
 //! and take Chandy–Lamport global snapshots that survive crashes and partitions.
 //!
-//! Layout:
-//! - [`core`]: the branch protocol as a pure state machine (events in; persist, send, notices
-//!   out), from the I/O-free protocol crate `snapbank-proto` (`crates/proto`), as are
-//!   [`snapshot`] and [`types`]
-//! - [`wire`]: the protocol crate's messages and their length-prefixed framing on a connection
-//! - [`store`]: durable state in sled (and an in-memory twin), key layout and migrations
+//! # The workspace
+//! - `crates/proto` (`snapbank-proto`): the branch protocol with no I/O. Its `Cargo.toml` admits
+//!   no runtime, socket or disk crate, so the compiler keeps it pure: `types` → `snapshot` →
+//!   `message` → `timing` → `branch` (each uses only those before it).
+//! - this crate (`snapbank`): everything that touches a disk, a socket or a clock, and the three
+//!   programs (`src/bin`: `bank`, `start_bank`, `snapctl` with one file per subcommand in
+//!   `src/bin/snapctl/cmd/`).
+//! - `crates/sim` (`snapbank-sim`, a test tool): the deterministic simulator, its runner and the
+//!   core's scripted tests, on one harness; nothing here depends on it.
+//! - `crates/testkit` (`snapbank-testkit`, a dev crate): the one launcher of real `bank` processes,
+//!   shared by `tests/` and `tools/` (package `snapbank-tools`: `bench`, `chaos`).
+//!
+//! # This crate, one line a module: what it owns (→ what it may call)
+//! - [`core`], [`snapshot`], [`types`]: the protocol crate's state machine and data, re-exported
+//! - [`wire`]: the protocol crate's messages plus their length-prefixed framing (→ proto)
+//! - [`store`]: durable state in sled (and an in-memory twin), key layout, migrations (→ core,
+//!   [`durable`])
 //! - [`durable`]: atomic, fsynced whole-file writes and directory syncs (what "durable" means)
-//! - [`daemon`]: the `bank` program: flags, store opening, runtime and signals
-//! - [`secure`]: the cluster key file and the Noise handshake and encrypted framing of links
-//! - [`net`]: the thin tokio shell that runs a core: listener, per-peer links, group commit
-//! - [`audit`]: global consistency checks over the stores of a stopped cluster
-//! - [`restore`]: rewind a stopped cluster to a completed snapshot (rebuilding lost stores)
-//! - [`live_audit`]: `snapctl audit --live`: a running cluster's latest snapshots, over the control channel
-//! - [`report`]: the `snapctl report` page: charts of the completed snapshots, self-contained HTML
-//! - [`hosts`]: the `host.list` format; [`snapshot`]: snapshot data; [`types`]: newtypes
+//! - [`secure`]: the cluster key file, the Noise handshake and encrypted framing (→ [`durable`])
+//! - [`net`]: the thin tokio shell in rooms: core loop, outgoing link, inbound connection,
+//!   handshake, plus `ready` (persist, then send), `control`, `metrics`, `stats` (→ core, store,
+//!   secure, wire)
+//! - [`daemon`]: the `bank` program: flags ([`cli`]), store opening, runtime, signals (→ net)
+//! - [`check`]: the one consistency checker, over any source of stored state (→ core)
+//! - [`audit`]: reads a stopped cluster's stores for the checker (→ check, store)
+//! - [`live_audit`]: `snapctl audit --live`: a running cluster's snapshots over the control
+//!   channel, through the checker (→ check, net::control)
+//! - [`restore`]: rewind a stopped cluster to a completed snapshot (→ audit, store, durable)
+//! - [`report`]: the `snapctl report` page: `figures` (what is computed), `chart` (SVG), `page`
+//!   (HTML) (→ audit)
+//! - [`hosts`]: the `host.list` format and its limits
 
 pub mod audit;
 pub mod check;
