@@ -291,12 +291,21 @@ impl SimOptions {
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    match v.trim().parse() {
-        Ok(x) => Some(x),
-        Err(_) => panic!("{name}={v:?} is not a number"),
+/// The number in environment variable `name`, if set; an error naming it if it is not a number.
+pub fn env_number(name: &str) -> Result<Option<u64>, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}={v:?} is not a number: unset it or give a number")),
     }
+}
+
+/// [`env_number`] for the tests: panics on a value that is not a number.
+fn env_u64(name: &str) -> Option<u64> {
+    env_number(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What a successful run did (also its fingerprint: two runs of one seed are equal).
@@ -1546,15 +1555,20 @@ impl<'a> Sim<'a> {
         for out in handed {
             self.enqueue(i, out)?;
         }
+        Ok(self.flushed(i, sends, crash))
+    }
+
+    /// The end of a flush: the branch crashes if the flush was to crash.
+    fn flushed(&mut self, i: usize, sends: usize, crash: Option<CrashPoint>) -> Action {
         if crash.is_some() {
             self.stats.flush_crashes += 1;
             self.crash(i);
         }
-        Ok(Action::Flush {
+        Action::Flush {
             node: i,
             sends,
             crash,
-        })
+        }
     }
 
     /// A broken shell (tests only): sends, then persists. `BeforePersist` and `MidSend` crash
@@ -1580,15 +1594,7 @@ impl<'a> Sim<'a> {
                 .map_err(|e| format!("#{i} commit failed: {e}"))?;
             self.committed(i, &ready.persist)?;
         }
-        if crash.is_some() {
-            self.stats.flush_crashes += 1;
-            self.crash(i);
-        }
-        Ok(Action::Flush {
-            node: i,
-            sends,
-            crash,
-        })
+        Ok(self.flushed(i, sends, crash))
     }
 
     /// Branch `i`'s store just committed `batch`: mirror its log, read its state back, keep a

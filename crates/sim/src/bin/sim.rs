@@ -14,8 +14,8 @@
 
 use clap::Parser;
 use snapbank_sim::{
-    run, set_bug, set_contract, summary, sweep, SimOptions, BRANCHES_ENV, BUG_ENV, COMMIT,
-    CONTRACT_ENV, DEFAULT_STEPS, FIRST_SEED_ENV, SEEDS_ENV, SEED_ENV, STEPS_ENV,
+    env_number, run, set_bug, set_contract, summary, sweep, SimOptions, BRANCHES_ENV, BUG_ENV,
+    COMMIT, CONTRACT_ENV, DEFAULT_STEPS, FIRST_SEED_ENV, SEEDS_ENV, SEED_ENV, STEPS_ENV,
 };
 use std::process::ExitCode;
 use std::time::Instant;
@@ -51,17 +51,6 @@ struct Args {
     contract: Option<String>,
 }
 
-fn env_u64(name: &str) -> Result<Option<u64>, String> {
-    match std::env::var(name) {
-        Err(_) => Ok(None),
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{name}={v:?} is not a number: unset it or give a number")),
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match sim(args) {
@@ -76,11 +65,11 @@ fn main() -> ExitCode {
 fn sim(args: Args) -> Result<ExitCode, String> {
     let steps = match args.steps {
         Some(s) => s,
-        None => env_u64(STEPS_ENV)?.unwrap_or(DEFAULT_STEPS as u64),
+        None => env_number(STEPS_ENV)?.unwrap_or(DEFAULT_STEPS as u64),
     } as usize;
     let branches = match args.branches {
         Some(b) => Some(b),
-        None => env_u64(BRANCHES_ENV)?
+        None => env_number(BRANCHES_ENV)?
             .map(|b| u16::try_from(b).map_err(|_| format!("{BRANCHES_ENV}={b}: at most 100")))
             .transpose()?,
     };
@@ -108,7 +97,7 @@ fn sim(args: Args) -> Result<ExitCode, String> {
     options(0)?;
     let one = match args.seed {
         Some(s) => Some(s),
-        None if args.seeds.is_none() => env_u64(SEED_ENV)?,
+        None if args.seeds.is_none() => env_number(SEED_ENV)?,
         None => None,
     };
     println!("sim: commit {COMMIT}");
@@ -131,11 +120,11 @@ fn sim(args: Args) -> Result<ExitCode, String> {
     }
     let count = match args.seeds {
         Some(c) => c,
-        None => env_u64(SEEDS_ENV)?.unwrap_or(500),
+        None => env_number(SEEDS_ENV)?.unwrap_or(500),
     };
     let first = match args.first_seed {
         Some(f) => f,
-        None => env_u64(FIRST_SEED_ENV)?.unwrap_or(0),
+        None => env_number(FIRST_SEED_ENV)?.unwrap_or(0),
     };
     let t = Instant::now();
     let (ok, fail) = sweep(first..first + count, |seed| {
