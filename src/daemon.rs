@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// Longest wait between two attempts to connect to a peer (the redial backoff's cap).
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+
 /// Run one branch of a snapbank cluster: move money to the other branches exactly once, durably,
 /// and take part in Chandy–Lamport snapshots.
 #[derive(Parser, Debug)]
@@ -152,7 +155,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         security,
         hosts,
         pace: f.transfer_interval,
-        reconnect_interval: Duration::from_secs(2),
+        redial_max: REDIAL_MAX,
         settle: f.settle,
         status_interval: f.status_interval,
         started,

@@ -105,7 +105,13 @@ impl CoreLoop {
         metrics.set_restarts(restarts);
         metrics.observe(&core);
         let n = cfg.hosts.len();
-        let mut stats = Stats::new(cfg.stats_file.clone(), cfg.started, n, cfg.snapshot_phases);
+        let mut stats = Stats::new(
+            cfg.stats_file.clone(),
+            cfg.started,
+            n,
+            me.index(),
+            cfg.snapshot_phases,
+        );
         stats.store_opened(core.state());
         info!(
             "branch {my_addr} ({me}) up: balance {}, {} unacknowledged transfers, last snapshot part {}; store open {:.1} ms after start",
@@ -406,10 +412,18 @@ impl CoreLoop {
                     }
                 }
             }
-            Event::LinkUp { peer, epoch } => self.core.on_link_up(peer, epoch),
+            Event::LinkUp { peer, epoch } => {
+                self.note_link_up(peer, true);
+                self.core.on_link_up(peer, epoch)
+            }
             Event::LinkDown { peer } => self.core.on_link_down(peer),
             Event::InboundUp { peer } => {
                 self.refusals[peer.index()] = None;
+                // It is up: our link to it, if waiting to redial, dials back now.
+                if let Some(link) = &self.out_links[peer.index()] {
+                    link.peer_is_up();
+                }
+                self.note_link_up(peer, false);
                 self.core.on_inbound_up(peer)
             }
             // A snapshot request is an input to this step; everything else only reads.
@@ -421,6 +435,19 @@ impl CoreLoop {
             Event::Control(p) => self.questions.push(p),
         }
         Ok(())
+    }
+
+    /// Counts a link up for the stats, and logs when the whole mesh first is.
+    fn note_link_up(&mut self, peer: BranchId, outgoing: bool) {
+        let before = self.stats.mesh_up().is_some();
+        self.stats.link_up(peer.index(), outgoing);
+        if let (false, Some(t)) = (before, self.stats.mesh_up()) {
+            info!(
+                "branch {}: every link up, both ways, {:.1} ms after start",
+                self.my_addr,
+                t.as_secs_f64() * 1000.0
+            );
+        }
     }
 
     /// Carries out a step's [`Ready`] through [`ready::apply_ready`] (persist, then send), then

@@ -55,8 +55,8 @@ pub struct NodeConfig {
     /// Noise with the cluster key, or `--insecure` plain frames.
     pub security: Security,
     pub pace: Pace,
-    /// Wait between connection attempts to a peer.
-    pub reconnect_interval: Duration,
+    /// Longest wait between connection attempts to a peer (the backoff's cap).
+    pub redial_max: Duration,
     /// On shutdown, how long in-flight transfers get to be acknowledged.
     pub settle: Duration,
     /// How often to log a status line.

@@ -1,5 +1,6 @@
-//! The outgoing link to one peer: a task ([`OutgoingLink`]) that dials it (retrying every
-//! `reconnect_interval`, forever), handshakes, writes the core's messages for that peer and reads
+//! The outgoing link to one peer: a task ([`OutgoingLink`]) that dials it (retrying forever with
+//! exponential backoff and jitter, from [`REDIAL_FIRST`] up to `redial_max`, and at once when the
+//! peer connects in: it is up), handshakes, writes the core's messages for that peer and reads
 //! its acknowledgements; and the core loop's end of it ([`OutLink`]), a bounded queue.
 //!
 //! Each connection is an epoch (1, 2, …): the core stamps every message with the epoch it was
@@ -12,11 +13,13 @@ use crate::secure::FrameCodec;
 use crate::types::BranchId;
 use crate::wire::Message;
 use futures::{Sink, SinkExt, StreamExt};
+use rand::Rng;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -35,8 +38,10 @@ pub(super) const OUTGOING_QUEUE_MESSAGES_MAX: usize = 64 * 1024;
 /// TCP's exponential backoff stretching a healed partition into minutes.
 const LINK_UNACKED_MS_MAX: u32 = 10_000;
 
-/// Pause after a connection broke before redialling.
-const REDIAL_PAUSE: Duration = Duration::from_millis(100);
+/// The first wait before redialling (after a failed attempt or a broken connection); each
+/// further failure doubles it, up to `NodeConfig::redial_max`, and every wait is drawn from its
+/// upper half (jitter: branches started together do not dial in lockstep).
+pub(super) const REDIAL_FIRST: Duration = Duration::from_millis(5);
 
 /// A message for the peer and the epoch (connection) it was meant for.
 type Queued = (u64, Message);
@@ -49,6 +54,8 @@ pub(super) struct OutLink {
     reset: watch::Sender<u64>,
     /// The epoch whose messages are being dropped since its queue overflowed.
     dropped: Option<u64>,
+    /// Wakes the link from its wait to redial: the peer just connected in, so it is up.
+    redial_now: Arc<Notify>,
 }
 
 impl OutLink {
@@ -62,6 +69,7 @@ impl OutLink {
         let addr = cfg.hosts.addr(peer);
         let (end, rx, reset_rx) = OutLink::with_queue(addr, OUTGOING_QUEUE_MESSAGES_MAX);
         let task = OutgoingLink {
+            redial_now: end.redial_now.clone(),
             cfg: cfg.clone(),
             peer,
             addr,
@@ -89,8 +97,15 @@ impl OutLink {
             queue,
             reset,
             dropped: None,
+            redial_now: Arc::new(Notify::new()),
         };
         (end, rx, reset_rx)
+    }
+
+    /// The peer connected in: if the link is waiting to redial, it dials now (a permit is kept
+    /// if it is not waiting, so the next wait ends at once).
+    pub(super) fn peer_is_up(&self) {
+        self.redial_now.notify_one();
     }
 
     /// Queues `msg` for connection `epoch`. If the queue is full, this and every later message
@@ -131,6 +146,7 @@ pub(super) struct OutgoingLink {
     /// Failed attempts since the last connection, and the last one's reason.
     failures: u64,
     last_failure: Option<String>,
+    redial_now: Arc<Notify>,
 }
 
 impl OutgoingLink {
@@ -174,9 +190,8 @@ impl OutgoingLink {
             {
                 return;
             }
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(REDIAL_PAUSE) => {}
+            if !self.wait_to_redial().await {
+                return;
             }
         }
     }
@@ -211,21 +226,28 @@ impl OutgoingLink {
         self.last_failure = Some(reason);
         if self.failures == 1 || changed || self.failures % 30 == 0 {
             info!(
-                "connecting to {}: {e}; retrying every {:?}",
-                self.addr, self.cfg.reconnect_interval
+                "connecting to {}: {e}; retrying (backing off up to {:?}, at once when it connects in)",
+                self.addr, self.cfg.redial_max
             );
         }
     }
 
-    /// Waits `reconnect_interval`, dropping anything queued for the dead link (resent after
-    /// reconnect). Returns whether to dial again (not when the branch stops).
+    /// Waits [`redial_wait`] for the failures so far, or until the peer connects in, dropping
+    /// anything queued for the dead link (resent after reconnect). Returns whether to dial again
+    /// (not when the branch stops).
     async fn wait_to_redial(&mut self) -> bool {
-        let wait = tokio::time::sleep(self.cfg.reconnect_interval);
+        let jitter = rand::thread_rng().gen_range(0.5..=1.0);
+        let wait = tokio::time::sleep(redial_wait(self.failures, self.cfg.redial_max, jitter));
         tokio::pin!(wait);
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return false,
                 _ = &mut wait => return true,
+                _ = self.redial_now.notified() => {
+                    // The peer is up: the next failure starts the backoff afresh.
+                    self.failures = 0;
+                    return true;
+                }
                 m = self.rx.recv() => if m.is_none() { return false },
             }
         }
@@ -302,6 +324,13 @@ where
     sink.flush().await.map_err(|e| e.to_string())
 }
 
+/// How long to wait before the next attempt after `failures` failed ones (0: the connection
+/// broke): [`REDIAL_FIRST`] doubled per failure, at most `max`, times `jitter` (in `0.5..=1`).
+fn redial_wait(failures: u64, max: Duration, jitter: f64) -> Duration {
+    let doubled = REDIAL_FIRST.saturating_mul(1u32 << failures.min(20));
+    doubled.min(max).mul_f64(jitter.clamp(0.5, 1.0))
+}
+
 fn set_user_timeout(socket: &TcpSocket) {
     use nix::sys::socket::{setsockopt, sockopt::TcpUserTimeout};
     if let Err(e) = setsockopt(socket, TcpUserTimeout, &LINK_UNACKED_MS_MAX) {
@@ -367,6 +396,34 @@ mod tests {
             !reset.has_changed().unwrap_or(true),
             "connection 2 is not reset"
         );
+    }
+
+    /// The backoff starts at `REDIAL_FIRST`, doubles per failure, stops at the cap, and the
+    /// jitter only shortens it (to no less than half).
+    #[test]
+    fn redial_backs_off_exponentially_up_to_the_cap() {
+        let max = Duration::from_secs(2);
+        assert_eq!(redial_wait(0, max, 1.0), REDIAL_FIRST);
+        assert_eq!(redial_wait(1, max, 1.0), REDIAL_FIRST * 2);
+        assert_eq!(redial_wait(3, max, 1.0), REDIAL_FIRST * 8);
+        assert_eq!(redial_wait(9, max, 1.0), max);
+        assert_eq!(redial_wait(u64::MAX, max, 1.0), max);
+        assert_eq!(redial_wait(0, max, 0.5), REDIAL_FIRST / 2);
+        assert_eq!(redial_wait(0, max, 0.0), REDIAL_FIRST / 2, "jitter clamped");
+        assert_eq!(
+            redial_wait(2, Duration::from_millis(1), 1.0),
+            Duration::from_millis(1)
+        );
+    }
+
+    /// A peer connecting in ends the wait at once, even one signalled before the wait began.
+    #[tokio::test]
+    async fn a_peer_that_connects_in_ends_the_wait_to_redial() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 8000).into();
+        let (end, _rx, _reset) = OutLink::with_queue(addr, 4);
+        end.peer_is_up();
+        let waited = tokio::time::timeout(Duration::from_secs(5), end.redial_now.notified()).await;
+        assert!(waited.is_ok(), "the kept permit ends the next wait");
     }
 
     /// The queue the core loop uses is the named bound.

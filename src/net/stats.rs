@@ -36,6 +36,12 @@ pub struct Stats {
     snapshots: VecDeque<SnapshotTime>,
     phase: Option<Duration>,
     phases: BTreeMap<u64, u64>,
+    /// Per peer (own index: already `true`): has the outgoing / inbound link been up yet.
+    out_seen: Vec<bool>,
+    in_seen: Vec<bool>,
+    /// Process start to the first moment every link, both ways, had been up.
+    mesh_up: Option<Duration>,
+    mesh_up_unix_ms: Option<u64>,
 }
 
 /// The `--stats-file` JSON, rewritten (atomically) every `--status-interval` and at exit. The
@@ -53,6 +59,12 @@ pub struct StatsFile {
     pub store_open_ms: Option<f64>,
     /// Process start to the first new transfer committed and handed to its link, ms.
     pub first_transfer_ms: Option<f64>,
+    /// Process start to the first moment every link of the mesh had come up, both ways (its
+    /// outgoing link to each peer and each peer's link to it), ms; and that moment, Unix ms.
+    #[serde(default)]
+    pub mesh_up_ms: Option<f64>,
+    #[serde(default)]
+    pub mesh_up_unix_ms: Option<u64>,
     /// New transfers committed (debits) by this process.
     pub transfers_sent: u64,
     /// Transfers applied (credits) by this process.
@@ -114,6 +126,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
 /// Index of the wall-clock phase of length `len` we are in.
 pub fn phase_index(len: Duration) -> u64 {
     let now = SystemTime::now()
@@ -124,13 +143,24 @@ pub fn phase_index(len: Duration) -> u64 {
 }
 
 impl Stats {
+    /// Stats of branch `me` of `peers` branches (own index included).
     pub fn new(
         path: Option<PathBuf>,
         started: Instant,
         peers: usize,
+        me: usize,
         phase: Option<Duration>,
     ) -> Stats {
+        let mut seen = vec![false; peers];
+        if let Some(own) = seen.get_mut(me) {
+            *own = true;
+        }
+        let lone = peers <= 1;
         Stats {
+            out_seen: seen.clone(),
+            in_seen: seen,
+            mesh_up: lone.then_some(Duration::ZERO),
+            mesh_up_unix_ms: lone.then(unix_ms_now),
             path,
             started,
             store_open: None,
@@ -210,6 +240,27 @@ impl Stats {
         first
     }
 
+    /// The link to (`outgoing`) or from `peer` came up.
+    pub fn link_up(&mut self, peer: usize, outgoing: bool) {
+        let seen = if outgoing {
+            &mut self.out_seen
+        } else {
+            &mut self.in_seen
+        };
+        if let Some(s) = seen.get_mut(peer) {
+            *s = true;
+        }
+        if self.mesh_up.is_none() && self.out_seen.iter().chain(&self.in_seen).all(|s| *s) {
+            self.mesh_up = Some(self.started.elapsed());
+            self.mesh_up_unix_ms = Some(unix_ms_now());
+        }
+    }
+
+    /// Process start to the first moment every link had been up.
+    pub fn mesh_up(&self) -> Option<Duration> {
+        self.mesh_up
+    }
+
     /// A step's batch took `d` to become durable.
     pub fn commit_took(&mut self, d: Duration) {
         let _ = self.commits.record(d.as_micros().max(1) as u64);
@@ -249,6 +300,8 @@ impl Stats {
             uptime_s: self.started.elapsed().as_secs_f64(),
             store_open_ms: self.store_open.map(ms),
             first_transfer_ms: self.first_transfer.map(ms),
+            mesh_up_ms: self.mesh_up.map(ms),
+            mesh_up_unix_ms: self.mesh_up_unix_ms,
             transfers_sent: self.transfers_sent,
             transfers_applied: self
                 .applied_total
@@ -274,6 +327,24 @@ impl Stats {
 mod tests {
     use super::*;
 
+    /// The mesh is up once every link, both ways, has been up once; not before.
+    #[test]
+    fn the_mesh_is_up_when_every_link_both_ways_has_been() {
+        let mut s = Stats::new(None, Instant::now(), 3, 1, None);
+        s.link_up(0, true);
+        s.link_up(2, true);
+        s.link_up(0, false);
+        assert_eq!(s.mesh_up(), None, "the link from 2 is missing");
+        s.link_up(2, false);
+        assert!(s.mesh_up().is_some());
+        assert!(
+            Stats::new(None, Instant::now(), 1, 0, None)
+                .mesh_up()
+                .is_some(),
+            "a lone branch"
+        );
+    }
+
     fn sample(phases: bool) -> StatsFile {
         let summary = LatencySummary {
             count: 3,
@@ -290,6 +361,8 @@ mod tests {
             uptime_s: 1.5,
             store_open_ms: Some(2.25),
             first_transfer_ms: None,
+            mesh_up_ms: Some(12.5),
+            mesh_up_unix_ms: Some(1_700_000_000_000),
             transfers_sent: 7,
             transfers_applied: 5,
             latency_us: summary.clone(),
@@ -322,6 +395,8 @@ mod tests {
                 "commit_us",
                 "first_transfer_ms",
                 "latency_us",
+                "mesh_up_ms",
+                "mesh_up_unix_ms",
                 "phases",
                 "pid",
                 "snapshots",
@@ -354,9 +429,13 @@ mod tests {
         let mut v = serde_json::to_value(&f).expect("encode");
         assert!(v.get("phases").is_none());
         // A bank from before `commit_us`.
-        v.as_object_mut().expect("an object").remove("commit_us");
+        let obj = v.as_object_mut().expect("an object");
+        for key in ["commit_us", "mesh_up_ms", "mesh_up_unix_ms"] {
+            obj.remove(key);
+        }
         let back: StatsFile = serde_json::from_value(v).expect("decode");
         assert_eq!(back.commit_us, LatencySummary::default());
+        assert_eq!(back.mesh_up_ms, None);
         assert_eq!(back.latency_us, f.latency_us);
     }
 }

@@ -6,8 +6,8 @@ use crate::clock::{pause, secs_between, unix_ms};
 use crate::cluster::Cluster;
 use crate::figures::{from_logs, from_stats};
 use crate::logs::{completed_snapshots, log_tail};
-use crate::probes::peak_rss_kb;
-use crate::results::{BranchResult, Recovery, RunResult, Window};
+use crate::probes::{cpu_seconds, peak_rss_kb, threads};
+use crate::results::{BranchResult, Cpu, Recovery, RunResult, Window};
 use crate::stats::{fresh_stats, Stats};
 use anyhow::{anyhow, bail, Context, Result};
 use snapbank_testkit::line_time;
@@ -76,6 +76,7 @@ pub fn measure(
     };
     let t1_ms = t0_ms + args.duration.as_millis() as u64;
     wait_until_unix_ms(cluster, t0_ms)?;
+    let cpu0 = cpu_all(cluster);
     // Stats at the start: the first file each branch writes from t0 on (the end is read the same
     // way, so counters and histograms cover about --duration, shifted by under a status interval).
     let stats0 = if has_stats {
@@ -95,6 +96,10 @@ pub fn measure(
         Vec::new()
     };
     wait_until_unix_ms(cluster, t1_ms)?;
+    let cpu1 = cpu_all(cluster);
+    let threads_max = (0..n)
+        .filter_map(|i| cluster.live_pid(i).and_then(threads))
+        .max();
     let t1 = UNIX_EPOCH + Duration::from_millis(t1_ms);
     let window = Window {
         start_unix_ms: t0_ms,
@@ -112,8 +117,28 @@ pub fn measure(
         }
         let log0 = std::fs::read_to_string(cluster.log(0)).unwrap_or_default();
         from_stats(args, has_phases, window, &stats0, &stats1, &log0, r);
+        r.mesh_up_ms = mesh_up_ms(cluster, &stats0);
     } else {
         from_logs(cluster, window, r);
+    }
+    let cpu_s: Option<f64> = cpu0
+        .iter()
+        .zip(&cpu1)
+        .map(|(a, b)| Some(b.as_ref()? - a.as_ref()?))
+        .sum();
+    match cpu_s {
+        Some(cpu_s) => {
+            let transfers = r.throughput.as_ref().map(|t| t.transfers);
+            r.cpu = Some(Cpu {
+                cpu_s,
+                cores: cpu_s / window.seconds,
+                us_per_transfer: transfers.filter(|t| *t > 0).map(|t| cpu_s * 1e6 / t as f64),
+                threads_max,
+            });
+        }
+        None => r
+            .notes
+            .push("CPU time unreadable for some branch at a window end".to_string()),
     }
 
     // Recovery probe: kill -9 branch 1, restart it, time it.
@@ -122,6 +147,27 @@ pub fn measure(
     pause(Duration::from_secs(1))?;
     cluster.check_alive()?;
     Ok(())
+}
+
+/// Every branch's CPU seconds so far (`None`: not running or unreadable).
+fn cpu_all(cluster: &mut Cluster) -> Vec<Option<f64>> {
+    (0..cluster.len())
+        .map(|i| cluster.live_pid(i).and_then(cpu_seconds))
+        .collect()
+}
+
+/// From the last branch's spawn to the last branch having had its whole mesh up (`None`: a
+/// branch's stats file does not say).
+fn mesh_up_ms(cluster: &Cluster, stats: &[Option<Stats>]) -> Option<f64> {
+    let last_start = (0..cluster.len())
+        .filter_map(|i| cluster.kit.started_at[i].map(|(_, wall)| unix_ms(wall)))
+        .max()?;
+    let up: Option<Vec<u64>> = stats
+        .iter()
+        .map(|s| s.as_ref().and_then(|s| s.file.mesh_up_unix_ms))
+        .collect();
+    let last_up = up?.into_iter().max()?;
+    Some(last_up.saturating_sub(last_start) as f64)
 }
 
 /// Sleeps until the wall clock reaches `ms` (Unix ms), checking that every branch still runs.
@@ -177,6 +223,7 @@ fn recovery(cluster: &mut Cluster, has_stats: bool, r: &mut RunResult) -> Result
             if let Some(s) = Stats::read(&stats) {
                 if s.pid() == pid {
                     rec.store_open_ms = s.file.store_open_ms;
+                    rec.mesh_up_ms = s.file.mesh_up_ms;
                     if let Some(ft) = s.file.first_transfer_ms {
                         rec.first_transfer_ms = Some(ft);
                         rec.observed_ms = Some(spawned.elapsed().as_secs_f64() * 1e3);

@@ -92,15 +92,31 @@ pub fn print_run(r: &RunResult) {
         "recovery after kill -9".into(),
         match &r.recovery {
             Some(rc) => format!(
-                "{}: store open {} ms, first transfer {} ms (observed {} ms)",
+                "{}: store open {} ms, mesh up {} ms, first transfer {} ms (observed {} ms)",
                 rc.branch,
                 f(rc.store_open_ms, 1),
+                f(rc.mesh_up_ms, 1),
                 f(rc.first_transfer_ms, 1),
                 f(rc.observed_ms, 0)
             ),
             None => "unavailable".into(),
         },
     ));
+    rows.push((
+        "mesh up after the last start".into(),
+        format!("{} ms", f(r.mesh_up_ms, 0)),
+    ));
+    if let Some(c) = &r.cpu {
+        rows.push((
+            "CPU (window)".into(),
+            format!(
+                "{:.2} cores, {} µs per transfer, at most {} threads per branch",
+                c.cores,
+                f(c.us_per_transfer, 2),
+                c.threads_max.map_or("-".to_string(), |t| t.to_string())
+            ),
+        ));
+    }
     if let Some(s) = r.peak_rss_kb {
         rows.push((
             "peak RSS per branch".into(),
@@ -170,13 +186,13 @@ pub fn print_run(r: &RunResult) {
 pub fn print_summary(report: &Report) {
     println!("\n== summary");
     let head = [
-        "N", "tx/s", "lat p50", "lat p99", "snap p50", "snap p99", "overhead", "open", "first tx",
-        "RSS max", "store", "audit",
+        "N", "tx/s", "lat p50", "lat p99", "snap p50", "snap p99", "overhead", "mesh", "open",
+        "first tx", "CPU/tx", "RSS max", "store", "audit",
     ];
     let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     rows.push(
         [
-            "", "", "ms", "ms", "ms", "ms", "on/off", "ms", "ms", "MiB", "MiB/br", "",
+            "", "", "ms", "ms", "ms", "ms", "on/off", "ms", "ms", "ms", "µs", "MiB", "MiB/br", "",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -191,8 +207,10 @@ pub fn print_summary(report: &Report) {
             f(r.snapshots.as_ref().map(|s| s.p50_ms), 1),
             f(r.snapshots.as_ref().map(|s| s.p99_ms), 1),
             f(r.overhead.as_ref().map(|o| o.ratio), 3),
+            f(r.mesh_up_ms, 0),
             f(r.recovery.as_ref().and_then(|x| x.store_open_ms), 1),
             f(r.recovery.as_ref().and_then(|x| x.first_transfer_ms), 1),
+            f(r.cpu.as_ref().and_then(|c| c.us_per_transfer), 2),
             f(r.peak_rss_kb.map(|s| s.max / 1024.0), 1),
             f(r.store_bytes.map(|s| mib(s.mean)), 1),
             match (&r.audit, r.ok) {

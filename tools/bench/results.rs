@@ -39,6 +39,10 @@ pub struct RunResult {
     pub snapshots: Option<SnapshotLatency>,
     pub overhead: Option<Overhead>,
     pub recovery: Option<Recovery>,
+    /// The last branch's start (the bench's spawn) to every branch having had every link up,
+    /// both ways (their stats files' `mesh_up_unix_ms`), ms.
+    pub mesh_up_ms: Option<f64>,
+    pub cpu: Option<Cpu>,
     pub peak_rss_kb: Option<Spread>,
     pub store_bytes: Option<Spread>,
     pub per_branch: Vec<BranchResult>,
@@ -118,10 +122,26 @@ pub struct Recovery {
     pub store_open_ms: Option<f64>,
     /// Process start to first new transfer committed and handed to its link.
     pub first_transfer_ms: Option<f64>,
+    /// Process start to every link of the restarted branch up, both ways.
+    #[serde(default)]
+    pub mesh_up_ms: Option<f64>,
     /// Bench's own clock: spawn to reading a stats file that shows the first transfer
     /// (includes up to one --status-interval of write delay).
     pub observed_ms: Option<f64>,
     pub source: String,
+}
+
+/// CPU the branches used in the window (`/proc/<pid>/stat`, user + system).
+#[derive(Serialize, Clone, Copy)]
+pub struct Cpu {
+    /// Summed over the branches.
+    pub cpu_s: f64,
+    /// Cores kept busy on average: `cpu_s` over the window.
+    pub cores: f64,
+    /// CPU per transfer sent in the window, µs.
+    pub us_per_transfer: Option<f64>,
+    /// Most threads any branch had at the window's end.
+    pub threads_max: Option<u64>,
 }
 
 #[derive(Serialize, Clone, Copy)]
