@@ -8,7 +8,7 @@
 //! view of one step.
 
 use super::handshake::{read_handshake_message, with_length, HandshakeError};
-use super::Event;
+use super::{Event, Inbox};
 use crate::core::Branch;
 use crate::core::DurableState;
 use crate::hosts::HostList;
@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -145,7 +145,7 @@ pub(super) struct Pending {
 pub(super) async fn serve(
     mut framed: Framed<TcpStream, FrameCodec>,
     remote: SocketAddr,
-    inbox: mpsc::Sender<Event>,
+    inbox: Inbox,
     stop: CancellationToken,
 ) {
     loop {

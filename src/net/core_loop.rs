@@ -9,7 +9,7 @@
 use super::inbound::{AckSlots, Listener};
 use super::outgoing::OutLink;
 use super::stats::Stats;
-use super::{control, ready, Event, Metrics, NodeConfig, NodeError, Pace, RunSummary};
+use super::{control, ready, Event, InboxRx, Metrics, NodeConfig, NodeError, Pace, RunSummary};
 use crate::core::{Branch, Link, Notice, ProtocolError, Ready, Remedy};
 use crate::store::{SledStore, StoreError};
 use crate::types::{BranchId, Micros, SeededRng, SnapshotId};
@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -70,7 +69,7 @@ struct CoreLoop {
     console: control::Console,
     stats: Stats,
     metrics: Arc<Metrics>,
-    inbox: mpsc::Receiver<Event>,
+    inbox: InboxRx,
     /// Per peer, the core loop's end of its outgoing link (own index: `None`).
     out_links: Vec<Option<OutLink>>,
     /// The ack slot of each peer's current inbound connection.
@@ -120,7 +119,7 @@ impl CoreLoop {
             core.state().parts_done,
             cfg.started.elapsed().as_secs_f64() * 1000.0
         );
-        let (inbox_tx, inbox) = mpsc::channel::<Event>(INBOX_EVENTS_MAX);
+        let (inbox_tx, inbox) = super::inbox(INBOX_EVENTS_MAX);
         let console = control::Console::new(cfg.started, restarts);
         let links_stop = CancellationToken::new();
         let acks = AckSlots::new(n);
@@ -219,8 +218,8 @@ impl CoreLoop {
             }
             for _ in 0..EVENTS_PER_STEP_MAX {
                 match self.inbox.try_recv() {
-                    Ok(ev) => self.handle_event(ev)?,
-                    Err(_) => break,
+                    Some(ev) => self.handle_event(ev)?,
+                    None => break,
                 }
             }
             let now = now_us();

@@ -3,7 +3,7 @@
 //! acknowledgements back, taking the latest from the peer's slot in [`AckSlots`].
 
 use super::handshake::{self, HandshakeError, HANDSHAKE_TIME_MAX};
-use super::{control, kind, metrics, Event, NodeConfig, STOP_FLUSH_TIME_MAX};
+use super::{control, kind, metrics, Event, Inbox, NodeConfig, STOP_FLUSH_TIME_MAX};
 use crate::secure::{self, FrameCodec};
 use crate::types::BranchId;
 use crate::wire::Message;
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -99,7 +99,7 @@ impl AckSlots {
 pub(super) struct Listener {
     pub listener: TcpListener,
     pub cfg: NodeConfig,
-    pub inbox: mpsc::Sender<Event>,
+    pub inbox: Inbox,
     pub acks: AckSlots,
     pub stop: CancellationToken,
     pub tasks: TaskTracker,
@@ -156,7 +156,7 @@ impl Listener {
 struct InboundConn {
     remote: SocketAddr,
     cfg: NodeConfig,
-    inbox: mpsc::Sender<Event>,
+    inbox: Inbox,
     acks: AckSlots,
     stop: CancellationToken,
 }

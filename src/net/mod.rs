@@ -124,6 +124,90 @@ enum Event {
     Control(control::Pending),
 }
 
+/// Most events waiting in the inbox's priority lane (a connection's start and position, and the
+/// markers and parts it carries: a few per connection and snapshot in flight).
+const INBOX_URGENT_EVENTS_MAX: usize = 4 * 1024;
+
+impl Event {
+    /// Whether the event rides the inbox's priority lane, taken before anything queued in the
+    /// other: a marker or part overtakes the transfers read before it (the core records on an
+    /// early marker and closes the channel when they arrive). A connection's start and its
+    /// position ride it too, so that nothing it carries overtakes them.
+    fn is_urgent(&self) -> bool {
+        matches!(
+            self,
+            Event::InboundUp { .. }
+                | Event::Position { .. }
+                | Event::Message {
+                    msg: Message::Marker { .. } | Message::Part(_),
+                    ..
+                }
+        )
+    }
+}
+
+/// The core loop's inbox as the links and the operators' connections hold it: two bounded
+/// lanes, the priority lane ([`Event::is_urgent`]) and the rest.
+#[derive(Clone)]
+struct Inbox {
+    normal: tokio::sync::mpsc::Sender<Event>,
+    urgent: tokio::sync::mpsc::Sender<Event>,
+}
+
+/// The core loop's end of its [`Inbox`].
+struct InboxRx {
+    normal: tokio::sync::mpsc::Receiver<Event>,
+    urgent: tokio::sync::mpsc::Receiver<Event>,
+}
+
+/// The inbox of `normal_max` ordinary events and [`INBOX_URGENT_EVENTS_MAX`] urgent ones.
+fn inbox(normal_max: usize) -> (Inbox, InboxRx) {
+    let (normal, normal_rx) = tokio::sync::mpsc::channel(normal_max);
+    let (urgent, urgent_rx) = tokio::sync::mpsc::channel(INBOX_URGENT_EVENTS_MAX);
+    (
+        Inbox { normal, urgent },
+        InboxRx {
+            normal: normal_rx,
+            urgent: urgent_rx,
+        },
+    )
+}
+
+impl Inbox {
+    /// Hands `ev` to the core loop, waiting while its lane is full; an error once it is gone.
+    async fn send(&self, ev: Event) -> Result<(), tokio::sync::mpsc::error::SendError<Event>> {
+        if ev.is_urgent() {
+            self.urgent.send(ev).await
+        } else {
+            self.normal.send(ev).await
+        }
+    }
+}
+
+impl InboxRx {
+    /// The next event, the priority lane first; `None` once every sender is gone.
+    async fn recv(&mut self) -> Option<Event> {
+        tokio::select! {
+            biased;
+            Some(ev) = self.urgent.recv() => Some(ev),
+            ev = self.normal.recv() => ev,
+        }
+    }
+
+    /// An event waiting now, the priority lane first.
+    fn try_recv(&mut self) -> Option<Event> {
+        self.urgent
+            .try_recv()
+            .or_else(|_| self.normal.try_recv())
+            .ok()
+    }
+
+    fn close(&mut self) {
+        self.urgent.close();
+        self.normal.close();
+    }
+}
+
 /// The name of a message's kind, for log lines.
 fn kind(m: &Message) -> &'static str {
     match m {

@@ -8,7 +8,7 @@
 //! broken connection reaches the next one (the core resends it after the next position exchange).
 
 use super::handshake::{self, HandshakeError, HANDSHAKE_TIME_MAX};
-use super::{metrics, Event, NodeConfig, STOP_FLUSH_TIME_MAX};
+use super::{metrics, Event, Inbox, NodeConfig, STOP_FLUSH_TIME_MAX};
 use crate::secure::FrameCodec;
 use crate::types::BranchId;
 use crate::wire::Message;
@@ -34,6 +34,11 @@ use tracing::{debug, info, warn};
 /// missed compaction notice is caught up by the next one, so nothing is lost.
 pub(super) const OUTGOING_QUEUE_MESSAGES_MAX: usize = 64 * 1024;
 
+/// Positions, markers and parts queued for one peer's link: their priority lane, written
+/// before the transfers queued ahead of them (one position per connection, one marker and one
+/// part per snapshot in flight, at most 64 each, and their resends).
+pub(super) const URGENT_QUEUE_MESSAGES_MAX: usize = 4 * 1024;
+
 /// Unacknowledged data older than this breaks a link (then it redials and resends), instead of
 /// TCP's exponential backoff stretching a healed partition into minutes.
 const LINK_UNACKED_MS_MAX: u32 = 10_000;
@@ -46,10 +51,49 @@ pub(super) const REDIAL_FIRST: Duration = Duration::from_millis(5);
 /// A message for the peer and the epoch (connection) it was meant for.
 type Queued = (u64, Message);
 
+/// Whether `msg` rides the priority lane: markers and parts overtake queued transfers and
+/// compaction notices (the receiver records on a marker at once and closes the channel when
+/// the transfers it follows arrive; a part does not depend on the channel at all). A
+/// connection's `Position` rides it too, so that nothing overtakes it: the receiver's first
+/// ack may open the channel before the position is written, and what the core sends then must
+/// still come after it.
+fn is_urgent(msg: &Message) -> bool {
+    matches!(
+        msg,
+        Message::Position(_) | Message::Marker { .. } | Message::Part(_)
+    )
+}
+
+/// The link's ends of its two queues.
+pub(super) struct Queues {
+    normal: mpsc::Receiver<Queued>,
+    urgent: mpsc::Receiver<Queued>,
+}
+
+impl Queues {
+    /// The next message, the priority lane first; `None` once the core loop is gone.
+    async fn recv(&mut self) -> Option<Queued> {
+        tokio::select! {
+            biased;
+            Some(m) = self.urgent.recv() => Some(m),
+            m = self.normal.recv() => m,
+        }
+    }
+
+    /// A message queued now, the priority lane first.
+    fn try_recv(&mut self) -> Option<Queued> {
+        self.urgent
+            .try_recv()
+            .or_else(|_| self.normal.try_recv())
+            .ok()
+    }
+}
+
 /// The core loop's end of one peer's link.
 pub(super) struct OutLink {
     addr: SocketAddr,
     queue: mpsc::Sender<Queued>,
+    urgent: mpsc::Sender<Queued>,
     /// The epoch whose connection the link must drop: its queue overflowed.
     reset: watch::Sender<u64>,
     /// The epoch whose messages are being dropped since its queue overflowed.
@@ -63,7 +107,7 @@ impl OutLink {
     pub(super) fn new(
         cfg: &NodeConfig,
         peer: BranchId,
-        inbox: mpsc::Sender<Event>,
+        inbox: Inbox,
         stop: CancellationToken,
     ) -> (OutLink, OutgoingLink) {
         let addr = cfg.hosts.addr(peer);
@@ -86,15 +130,18 @@ impl OutLink {
 
     /// The core loop's end, with the link's ends of the queue (of `capacity` messages) and of
     /// the reset signal.
-    fn with_queue(
-        addr: SocketAddr,
-        capacity: usize,
-    ) -> (OutLink, mpsc::Receiver<Queued>, watch::Receiver<u64>) {
-        let (queue, rx) = mpsc::channel(capacity);
+    fn with_queue(addr: SocketAddr, capacity: usize) -> (OutLink, Queues, watch::Receiver<u64>) {
+        let (queue, normal) = mpsc::channel(capacity);
+        let (urgent, urgent_rx) = mpsc::channel(URGENT_QUEUE_MESSAGES_MAX.min(capacity));
         let (reset, reset_rx) = watch::channel(0);
+        let rx = Queues {
+            normal,
+            urgent: urgent_rx,
+        };
         let end = OutLink {
             addr,
             queue,
+            urgent,
             reset,
             dropped: None,
             redial_now: Arc::new(Notify::new()),
@@ -115,11 +162,16 @@ impl OutLink {
         if self.dropped == Some(epoch) {
             return;
         }
-        match self.queue.try_send((epoch, msg)) {
+        let lane = if is_urgent(&msg) {
+            &self.urgent
+        } else {
+            &self.queue
+        };
+        match lane.try_send((epoch, msg)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 warn!(
-                    "link to {}: {OUTGOING_QUEUE_MESSAGES_MAX} messages queued (it reads too slowly); dropping the connection, to resend after reconnecting",
+                    "link to {}: its queue is full ({OUTGOING_QUEUE_MESSAGES_MAX} messages, {URGENT_QUEUE_MESSAGES_MAX} markers and parts: it reads too slowly); dropping the connection, to resend after reconnecting",
                     self.addr
                 );
                 self.dropped = Some(epoch);
@@ -137,9 +189,9 @@ pub(super) struct OutgoingLink {
     cfg: NodeConfig,
     peer: BranchId,
     addr: SocketAddr,
-    rx: mpsc::Receiver<Queued>,
+    rx: Queues,
     reset: watch::Receiver<u64>,
-    inbox: mpsc::Sender<Event>,
+    inbox: Inbox,
     stop: CancellationToken,
     /// The current (or last) connection's number.
     epoch: u64,
@@ -304,9 +356,9 @@ impl OutgoingLink {
 }
 
 /// Writes `first` and whatever else is queued for `epoch` (skipping other epochs' messages),
-/// then flushes.
+/// the priority lane first at every message, then flushes.
 async fn write_queued<S>(
-    rx: &mut mpsc::Receiver<Queued>,
+    rx: &mut Queues,
     epoch: u64,
     sink: &mut S,
     first: Message,
@@ -316,7 +368,7 @@ where
     S::Error: std::fmt::Display,
 {
     sink.feed(first).await.map_err(|e| e.to_string())?;
-    while let Ok((e, msg)) = rx.try_recv() {
+    while let Some((e, msg)) = rx.try_recv() {
         if e == epoch {
             sink.feed(msg).await.map_err(|e| e.to_string())?;
         }
@@ -351,6 +403,29 @@ mod tests {
         }
     }
 
+    fn marker(k: u64) -> Message {
+        Message::Marker {
+            snapshot: SnapshotId(k),
+            after: Seq(0),
+        }
+    }
+
+    /// Positions, markers and parts are taken before the other messages queued ahead of them,
+    /// and keep their own order.
+    #[test]
+    fn markers_overtake_what_was_queued_before_them_but_not_the_position() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 8000).into();
+        let (mut end, mut rx, _reset) = OutLink::with_queue(addr, 8);
+        let position = Message::Position(Default::default());
+        end.send(1, ack(1));
+        end.send(1, position.clone());
+        end.send(1, marker(1));
+        end.send(1, ack(2));
+        end.send(1, marker(2));
+        let order: Vec<Message> = std::iter::from_fn(|| rx.try_recv().map(|(_, m)| m)).collect();
+        assert_eq!(order, vec![position, marker(1), marker(2), ack(1), ack(2)]);
+    }
+
     fn applied(q: Option<Queued>) -> Option<(u64, u64)> {
         match q? {
             (e, Message::Ack { applied, .. }) => Some((e, applied.0)),
@@ -378,17 +453,17 @@ mod tests {
             1,
             "the full connection is reset"
         );
-        assert_eq!(applied(rx.try_recv().ok()), Some((1, 1)));
+        assert_eq!(applied(rx.try_recv()), Some((1, 1)));
         // Room again, but connection 1 stays cut after its gap.
         end.send(1, ack(4));
-        assert_eq!(applied(rx.try_recv().ok()), Some((1, 2)));
+        assert_eq!(applied(rx.try_recv()), Some((1, 2)));
         assert!(
-            rx.try_recv().is_err(),
+            rx.try_recv().is_none(),
             "nothing after the gap of connection 1"
         );
         end.send(2, ack(5));
         assert_eq!(
-            applied(rx.try_recv().ok()),
+            applied(rx.try_recv()),
             Some((2, 5)),
             "connection 2 is carried"
         );

@@ -488,6 +488,10 @@ pub struct Branch {
     fresh: bool,
     /// Per peer: an acknowledgement should be sent at the end of this step.
     ack_due: Vec<bool>,
+    /// Per peer: markers that overtook transfers they follow (`after` beyond what is applied),
+    /// in snapshot order. Their snapshot is recorded; the channel closes when its transfers up
+    /// to `after` are applied. Not durable: unacknowledged, the sender resends them.
+    early_markers: Vec<VecDeque<(SnapshotId, Seq)>>,
     /// Per peer: index into `ready.send` of a `Transfers` message still open for appending.
     open_run: Vec<Option<usize>>,
     rng: SeededRng,
@@ -543,6 +547,7 @@ impl Branch {
             refused_in: vec![false; n],
             verified: vec![false; n],
             ack_due: vec![false; n],
+            early_markers: vec![VecDeque::new(); n],
             open_run: vec![None; n],
             rng,
             timers: Timers {
@@ -905,7 +910,7 @@ impl Branch {
         }
         match msg {
             Message::Position(p) => self.on_position(from, &p),
-            Message::Transfers { first, amounts } => self.on_transfers(from, first, &amounts),
+            Message::Transfers { first, amounts } => self.on_transfers(from, first, &amounts, now),
             Message::Marker { snapshot, after } => self.on_marker(from, snapshot, after, now),
             Message::Part(part) => self.on_part(from, part, now),
             Message::Ack {
@@ -1013,6 +1018,23 @@ impl Branch {
                 "#{}: a marker to {p} for a snapshot not recorded here or beyond what was sent",
                 self.cfg.me
             );
+            let held = &self.early_markers[i];
+            assert!(
+                held.iter()
+                    .zip(held.iter().skip(1))
+                    .all(|(a, b)| a.0 < b.0 && a.1 <= b.1)
+                    && held.iter().all(|(k, after)| {
+                        *k > st.inc[i].marker
+                            && *k <= st.last_recorded
+                            && *after > st.inc[i].applied
+                            && st
+                                .recording
+                                .get(&k.0)
+                                .is_some_and(|r| r.inc[i].until.is_none())
+                    }),
+                "#{}: markers held from {p} out of order, passed, or of no open recording",
+                self.cfg.me
+            );
             assert!(
                 o.part_acked <= st.parts_done,
                 "#{}: part {} acknowledged of {} done",
@@ -1100,6 +1122,7 @@ impl Branch {
         from: BranchId,
         first: Seq,
         amounts: &[Amount],
+        now: Micros,
     ) -> Result<(), ProtocolError> {
         let p = from.index();
         // Validate everything this message would credit before changing anything.
@@ -1142,6 +1165,14 @@ impl Branch {
                 }
                 self.ack_due[p] = true;
                 self.dirty = true;
+                while let Some(&(k, after)) = self.early_markers[p].front() {
+                    if after != seq {
+                        debug_assert!(after > seq, "a held marker's place was passed");
+                        break;
+                    }
+                    self.early_markers[p].pop_front();
+                    self.close_channel(from, k, after, now);
+                }
             } else {
                 // A gap: an earlier transfer was lost with a connection; the sender resends
                 // everything unacknowledged in order after reconnecting.
@@ -1254,9 +1285,23 @@ impl Branch {
                 other_saw: saw,
             }));
         }
+        // A held marker is seen too: its sender recorded that snapshot, and had sent up to its
+        // place, durably before it left (kept across connections: an old connection's reader
+        // may still deliver the transfers it waits for).
+        let (held_k, held_after) = self.early_markers[p]
+            .back()
+            .map_or((0, 0), |(k, after)| (k.0, after.0));
         let theirs = [
-            (PositionKind::Transfers, pos.sent.0, inc.applied.0),
-            (PositionKind::Markers, pos.last_recorded.0, inc.marker.0),
+            (
+                PositionKind::Transfers,
+                pos.sent.0,
+                inc.applied.0.max(held_after),
+            ),
+            (
+                PositionKind::Markers,
+                pos.last_recorded.0,
+                inc.marker.0.max(held_k),
+            ),
             (PositionKind::Parts, pos.parts_done.0, inc.part.0),
         ];
         if let Some(&(kind, has, saw)) = theirs.iter().find(|(_, has, saw)| saw > has) {
@@ -1289,11 +1334,11 @@ impl Branch {
             self.ack_due[p] = true;
             return Ok(());
         }
-        if after > applied {
-            // Transfers before the marker are missing (lost with a connection): wait for the
-            // resend, which repeats the marker in its place.
+        if self.early_markers[p].iter().any(|(e, _)| *e == k) {
+            // Held already (a resend on the same connection's heels).
             return Ok(());
         }
+        let early = after > applied;
         if after < applied {
             // The sender recorded its state when it had sent `after`, but this branch applied
             // more from it: the sender's store went back in time.
@@ -1310,13 +1355,38 @@ impl Branch {
         if self.is_initiator() && k >= self.state.next_snapshot {
             return Err(self.never_started(from, k));
         }
+        if let Some(&(held, held_after)) = self.early_markers[p].back() {
+            if k < held || after < held_after {
+                // Markers on a channel come in snapshot and channel order.
+                return Err(ProtocolError::Unexpected(
+                    "a marker out of order on its channel",
+                ));
+            }
+        }
         if !self.state.recording.contains_key(&k.0) {
             if k <= self.state.last_recorded {
                 return Err(ProtocolError::StaleMarker(k));
             }
-            // First marker for k: record our state, marker out on every channel.
+            // First marker for k: record our state, marker out on every channel. Even if it
+            // overtook transfers: nothing the sender sent after its cut has been applied.
             self.record(k, now);
         }
+        if early {
+            // The transfers it follows are still on their way (queued behind it, or lost with
+            // a connection and resent): the channel closes when they are applied.
+            self.early_markers[p].push_back((k, after));
+            return Ok(());
+        }
+        debug_assert!(self.early_markers[p].is_empty(), "held markers come first");
+        self.close_channel(from, k, after, now);
+        Ok(())
+    }
+
+    /// The channel from `from` is recorded for snapshot `k` up to `after` (its marker's place,
+    /// now applied): it closes, and the part may be complete.
+    fn close_channel(&mut self, from: BranchId, k: SnapshotId, after: Seq, now: Micros) {
+        let p = from.index();
+        debug_assert_eq!(self.state.inc[p].applied, after);
         self.state.inc[p].marker = k;
         self.ack_due[p] = true;
         let rec = self
@@ -1330,7 +1400,6 @@ impl Branch {
         ch.until = Some(after);
         self.dirty = true;
         self.maybe_complete(k, now);
-        Ok(())
     }
 
     /// Records the local state for snapshot `k` and sends a marker on every outgoing channel.

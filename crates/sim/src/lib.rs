@@ -161,6 +161,10 @@ pub struct SimOptions {
     pub delay_us: (u64, u64),
     /// Probability that a message is ten times slower than its drawn delay.
     pub p_slow: f64,
+    /// Probability that a marker or part overtakes the transfers and compaction notices queued
+    /// before it on its connection (the shell's links write positions, markers and parts first:
+    /// their priority lane; these three keep their order among themselves).
+    pub p_overtake: f64,
     /// The virtual clock advances by up to this much each step.
     pub step_us: u64,
     /// A random live branch crashes.
@@ -216,6 +220,7 @@ impl Default for SimOptions {
             snapshots_kept: 3,
             delay_us: (50, 2_000),
             p_slow: 0.02,
+            p_overtake: 0.5,
             step_us: 300,
             p_crash: 0.003,
             p_restart: 0.02,
@@ -275,6 +280,7 @@ impl SimOptions {
             o.p_rollback = [0.2, 0.5, 1.0][r.gen_range(0..3)];
             o.p_crash *= 2.0;
         }
+        o.p_overtake = [0.0, 0.5, 1.0][r.gen_range(0..3)];
         o
     }
 
@@ -1292,9 +1298,24 @@ impl<'a> Sim<'a> {
         if self.rng.gen_bool(self.opts.p_slow) {
             delay *= 10;
         }
+        let urgent = matches!(out.msg, Message::Marker { .. } | Message::Part(_));
+        let overtakes = urgent && self.rng.gen_bool(self.opts.p_overtake);
         let q = &mut self.conns[idx].q[d];
-        let at = q.back().map_or(0, |m| m.at).max(self.now + delay);
-        q.push_back(Queued { at, msg: out.msg });
+        // Overtaking: ahead of the transfers and compaction notices queued after the last
+        // position, marker or part (those keep their order), delivered in time order.
+        let place = if overtakes {
+            q.iter()
+                .rposition(|m| {
+                    !matches!(m.msg, Message::Transfers { .. } | Message::Compact { .. })
+                })
+                .map_or(0, |i| i + 1)
+        } else {
+            q.len()
+        };
+        let earliest = if place == 0 { 0 } else { q[place - 1].at };
+        let latest = q.get(place).map_or(u64::MAX, |m| m.at);
+        let at = earliest.max((self.now + delay).min(latest));
+        q.insert(place, Queued { at, msg: out.msg });
         self.in_flight += 1;
         self.stats.in_flight_max = self.stats.in_flight_max.max(self.in_flight);
         Ok(())

@@ -570,6 +570,53 @@ fn resend_after_reconnect_repeats_markers_in_their_channel_place() {
     s.check_global(&s.globals()[0]);
 }
 
+/// A marker that overtakes the transfers before it (the links' priority lane): the receiver
+/// records at once and its own markers leave, the channel stays open until those transfers are
+/// applied, and the part counts exactly them.
+#[test]
+fn a_marker_that_overtakes_its_transfers_records_at_once_and_closes_when_they_arrive() {
+    let mut s = Sim::linked(3);
+    s.transfer(0, 1, 10);
+    s.transfer(0, 1, 20);
+    s.tick_snapshot();
+    let q = s.queue(Chan::data(0, 1));
+    let at = q
+        .iter()
+        .position(|m| matches!(m, Message::Marker { .. }))
+        .expect("the marker is queued behind the transfers");
+    assert!(at > 0);
+    let m = q.remove(at).expect("present");
+    q.push_front(m);
+    s.deliver(Chan::data(0, 1)).expect("the marker, first");
+    let st = s.cores[1].state();
+    assert_eq!(
+        st.last_recorded,
+        SnapshotId(1),
+        "recorded on the early marker"
+    );
+    assert_eq!(st.inc[0].applied, Seq(0));
+    assert_eq!(st.inc[0].marker, SnapshotId(0), "the channel is still open");
+    assert!(
+        matches!(s.front(Chan::data(1, 2)), Some(Message::Marker { .. })),
+        "its own markers left at once"
+    );
+    s.deliver_all();
+    let gs = s.globals();
+    assert_eq!(gs.len(), 1);
+    s.check_global(&gs[0]);
+    let ch = gs[0].parts[1]
+        .channel_from(b(0))
+        .expect("a record of 0 -> 1")
+        .clone();
+    assert_eq!(
+        (ch.count, ch.money),
+        (2, 30),
+        "both transfers were in flight at the cut"
+    );
+    assert_eq!(gs[0].parts[1].balance, 1000);
+    s.check_money();
+}
+
 #[test]
 fn resend_splits_long_runs_at_the_frame_limit() {
     let mut s = Sim::with(2, |c| c.initial_balance = 10_000);
