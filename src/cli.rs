@@ -52,6 +52,11 @@ pub struct BranchFlags {
     /// How often a branch logs its status line.
     #[arg(long, allow_hyphen_values = true, default_value = "5s", value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub status_interval: Duration,
+    /// A paced branch (not `--transfer-interval 0s`) lets transfers, credits and acks wait up
+    /// to this long for more before it commits them, one `fdatasync` for all (markers, parts,
+    /// connection changes and operators' requests commit at once). `0s`: commit every step.
+    #[arg(long, allow_hyphen_values = true, default_value = "10ms", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub commit_window: Duration,
     /// On SIGINT/SIGTERM, how long in-flight transfers get to be acknowledged before exit.
     #[arg(long, allow_hyphen_values = true, default_value = "1s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub settle: Duration,
@@ -80,6 +85,8 @@ impl BranchFlags {
             humantime::format_duration(self.status_interval).to_string(),
             "--settle".to_string(),
             humantime::format_duration(self.settle).to_string(),
+            "--commit-window".to_string(),
+            humantime::format_duration(self.commit_window).to_string(),
             "--keep-snapshots".to_string(),
             self.keep_snapshots.to_string(),
         ];

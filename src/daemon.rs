@@ -157,6 +157,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         pace: f.transfer_interval,
         redial_max: REDIAL_MAX,
         settle: f.settle,
+        commit_window: f.commit_window,
         status_interval: f.status_interval,
         started,
         stats_file: args.stats_file.clone(),

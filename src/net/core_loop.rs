@@ -76,6 +76,9 @@ struct CoreLoop {
     acks: AckSlots,
     /// Operators' requests of this step, answered after its commit.
     questions: Vec<control::Pending>,
+    /// Events handled since the last step, and whether one of them must be committed at once.
+    events_in_step: usize,
+    urgent_in_step: bool,
     /// Per peer, the last refusal logged (each different one is logged once).
     refusals: Vec<Option<String>>,
     pace_rng: SeededRng,
@@ -165,6 +168,8 @@ impl CoreLoop {
             out_links,
             acks,
             questions: Vec::new(),
+            events_in_step: 0,
+            urgent_in_step: false,
             refusals: vec![None; n],
             pace_rng,
             next_transfer,
@@ -184,9 +189,12 @@ impl CoreLoop {
         let mut can_transfer = true;
         let mut stop_at: Option<tokio::time::Instant> = None;
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        // A paced step waiting for company: when it commits at the latest.
+        let mut commit_due: Option<tokio::time::Instant> = None;
 
         loop {
             let stopping = stop_at.is_some();
+            let waiting = commit_due.is_some();
             let wake_at = instant_at(self.core.poll_timeout(), far);
             let work_ready = full_speed && can_transfer && !stopping;
             let next_transfer = self.next_transfer;
@@ -200,7 +208,9 @@ impl CoreLoop {
                 _ = tokio::time::sleep_until(stop_at.unwrap_or(far)), if stopping => break,
                 // The core's timers (snapshots, pending warnings): fired after the events below.
                 _ = tokio::time::sleep_until(wake_at), if !stopping => {}
-                _ = tokio::time::sleep_until(next_transfer.unwrap_or(far)), if next_transfer.is_some() && !stopping => {
+                _ = tokio::time::sleep_until(commit_due.unwrap_or(far)), if waiting => {}
+                // While a step waits, the transfers due meanwhile are made when it commits.
+                _ = tokio::time::sleep_until(next_transfer.unwrap_or(far)), if next_transfer.is_some() && !stopping && !waiting => {
                     self.paced_transfers();
                 }
                 _ = status_timer.tick() => {
@@ -208,7 +218,7 @@ impl CoreLoop {
                     self.stats.write(&self.addr_text);
                 }
                 // Between steps everything the core holds is durable: a scrape sees committed state.
-                _ = self.metrics.refresh_wanted() => self.metrics.observe(&self.core),
+                _ = self.metrics.refresh_wanted(), if !waiting => self.metrics.observe(&self.core),
                 _ = std::future::ready(()), if work_ready => {}
                 _ = tokio::time::sleep(CHANNELS_FULL_PAUSE), if full_speed && !can_transfer && !stopping => {}
                 ev = self.inbox.recv() => match ev {
@@ -225,6 +235,7 @@ impl CoreLoop {
             let now = now_us();
             if !stopping && self.core.poll_timeout().is_some_and(|due| due <= now) {
                 self.core.handle_timeout(now);
+                self.urgent_in_step = true;
             }
             if full_speed && !stopping {
                 can_transfer = false;
@@ -235,6 +246,29 @@ impl CoreLoop {
                     can_transfer = true;
                 }
             }
+            // A paced branch (`--commit-window`) lets a step's transfers, credits and acks wait
+            // for more: one commit (and `fdatasync`) for all instead of one per event.
+            // Connection starts, positions, markers, parts, link changes, operators' requests
+            // and the core's timers commit at once; at full speed every step does (steps are
+            // full anyway).
+            let paced_window = !full_speed
+                && !self.cfg.commit_window.is_zero()
+                && !stopping
+                && !self.urgent_in_step
+                && self.events_in_step < EVENTS_PER_STEP_MAX
+                && (self.events_in_step > 0 || waiting || self.paced_since_step());
+            if paced_window {
+                let due = *commit_due
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.cfg.commit_window);
+                if tokio::time::Instant::now() < due {
+                    continue;
+                }
+            }
+            if commit_due.take().is_some() {
+                self.paced_transfers();
+            }
+            self.events_in_step = 0;
+            self.urgent_in_step = false;
             self.step()?;
             if stopping && self.core.unacked_total() == 0 && self.core.snapshots_in_flight() == 0 {
                 break;
@@ -331,6 +365,12 @@ impl CoreLoop {
         Ok(summary)
     }
 
+    /// Whether the core holds a step's worth of anything (the pacer made transfers since the
+    /// last step).
+    fn paced_since_step(&self) -> bool {
+        self.core.has_pending_ready()
+    }
+
     /// A paced branch makes every transfer whose time has come: transfer `k + 1` is due one
     /// drawn interval after transfer `k` was *due* (not after it was made), so an interval
     /// shorter than the timer's millisecond resolution still gives its rate (`13333ns`: 75,000
@@ -363,6 +403,15 @@ impl CoreLoop {
     /// fault. Operators' requests that only read are put in `questions`, to be answered after
     /// the commit.
     fn handle_event(&mut self, ev: Event) -> Result<(), NodeError> {
+        self.events_in_step += 1;
+        if ev.is_urgent()
+            || matches!(
+                ev,
+                Event::Control(_) | Event::LinkUp { .. } | Event::LinkDown { .. }
+            )
+        {
+            self.urgent_in_step = true;
+        }
         let hosts = &self.cfg.hosts;
         let ev = match ev {
             Event::Position { from, conn, msg } => {

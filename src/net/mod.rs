@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub pace: Pace,
     /// Longest wait between connection attempts to a peer (the backoff's cap).
     pub redial_max: Duration,
+    /// A paced branch's group-commit window (`--commit-window`; zero: every step commits).
+    pub commit_window: Duration,
     /// On shutdown, how long in-flight transfers get to be acknowledged.
     pub settle: Duration,
     /// How often to log a status line.

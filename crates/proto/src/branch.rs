@@ -926,6 +926,15 @@ impl Branch {
         }
     }
 
+    /// Whether the inputs since the last [`Branch::take_ready`] produced anything to persist or
+    /// send (a shell may wait for more before it takes it).
+    pub fn has_pending_ready(&self) -> bool {
+        self.dirty
+            || !self.ready.send.is_empty()
+            || !self.ready.persist.is_empty()
+            || self.ack_due.iter().any(|a| *a)
+    }
+
     /// Everything the inputs since the last call produced.
     pub fn take_ready(&mut self) -> Ready {
         for p in 0..self.cfg.branches as usize {
