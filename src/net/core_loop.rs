@@ -249,12 +249,15 @@ impl CoreLoop {
             // A paced branch (`--commit-window`) lets a step's transfers, credits and acks wait
             // for more: one commit (and `fdatasync`) for all instead of one per event.
             // Connection starts, positions, markers, parts, link changes, operators' requests
-            // and the core's timers commit at once; at full speed every step does (steps are
-            // full anyway).
+            // and the core's timers commit at once; so does every step while this branch
+            // records a snapshot (a channel closes when the transfers before its marker are
+            // applied: they must not wait a window per hop); at full speed every step does
+            // (steps are full anyway).
             let paced_window = !full_speed
                 && !self.cfg.commit_window.is_zero()
                 && !stopping
                 && !self.urgent_in_step
+                && self.core.snapshots_in_flight() == 0
                 && self.events_in_step < EVENTS_PER_STEP_MAX
                 && (self.events_in_step > 0 || waiting || self.paced_since_step());
             if paced_window {
