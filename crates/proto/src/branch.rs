@@ -626,6 +626,15 @@ impl Branch {
         self.state.recording.len()
     }
 
+    /// The newest snapshot this branch records (its part not yet complete), if any.
+    pub fn newest_recording(&self) -> Option<SnapshotId> {
+        self.state
+            .recording
+            .keys()
+            .next_back()
+            .map(|&k| SnapshotId(k))
+    }
+
     /// Snapshots this branch is waiting on: markers still to come here and, at the initiator,
     /// parts still to come from other branches.
     pub fn pending(&self) -> Vec<Pending> {
