@@ -105,7 +105,7 @@ impl Kv for MemKv {
 /// `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` (`pagecache/iobuf.rs`): the pages are handed
 /// to the drive, but neither the drive's cache nor the file's metadata (its size) is flushed, so a
 /// power cut can lose a batch that `flush` reported written; sled's only `fsync` of the log is its
-/// flusher thread, every `flush_every_ms`. Large pages go to files under `blobs/`, written with no
+/// flusher thread, every `flush_every_ms` (off here). Large pages go to files under `blobs/`, written with no
 /// sync at all; the recovery snapshot (`snap.*`) is written at open, fsynced and renamed, with no
 /// sync of the directory. So this backend syncs what sled leaves unsynced: after every durable
 /// batch the new blob files and then the log (`fdatasync`, which also makes its size durable);
@@ -169,7 +169,10 @@ impl SledKv {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
-            .flush_every_ms(Some(1000));
+            // No flusher thread: every durable batch is flushed and synced by `sync` itself; the
+            // flusher's extra `fsync` a second and its thread bought nothing (bench: threads per
+            // branch 11 -> 5 with the runtime's one worker and sled's smaller pool).
+            .flush_every_ms(None);
         // sled may panic rather than fail on some corrupt files; a store we cannot read is an
         // error to report, not a crash.
         let open = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
