@@ -270,7 +270,7 @@ impl CoreLoop {
                 && !self.urgent_in_step
                 && self.core.snapshots_in_flight() == 0
                 && self.events_in_step < EVENTS_PER_STEP_MAX
-                && (self.events_in_step > 0 || waiting || self.paced_since_step());
+                && (self.events_in_step > 0 || waiting || self.core.has_pending_ready());
             if paced_window {
                 let due = *commit_due
                     .get_or_insert_with(|| tokio::time::Instant::now() + self.cfg.commit_window);
@@ -394,12 +394,6 @@ impl CoreLoop {
         now < began + SNAPSHOT_FIRST_MAX
     }
 
-    /// Whether the core holds a step's worth of anything (the pacer made transfers since the
-    /// last step).
-    fn paced_since_step(&self) -> bool {
-        self.core.has_pending_ready()
-    }
-
     /// A paced branch makes every transfer whose time has come: transfer `k + 1` is due one
     /// drawn interval after transfer `k` was *due* (not after it was made), so an interval
     /// shorter than the timer's millisecond resolution still gives its rate (`13333ns`: 75,000
@@ -433,12 +427,7 @@ impl CoreLoop {
     /// the commit.
     fn handle_event(&mut self, ev: Event) -> Result<(), NodeError> {
         self.events_in_step += 1;
-        if ev.is_urgent()
-            || matches!(
-                ev,
-                Event::Control(_) | Event::LinkUp { .. } | Event::LinkDown { .. }
-            )
-        {
+        if ev.commits_at_once() {
             self.urgent_in_step = true;
         }
         let hosts = &self.cfg.hosts;

@@ -146,6 +146,17 @@ impl Event {
                 }
         )
     }
+
+    /// Whether the step that handles this event commits at once, whatever a paced branch's
+    /// `--commit-window`: what rides the inbox's priority lane, operators' requests and link
+    /// changes.
+    fn commits_at_once(&self) -> bool {
+        self.is_urgent()
+            || matches!(
+                self,
+                Event::Control(_) | Event::LinkUp { .. } | Event::LinkDown { .. }
+            )
+    }
 }
 
 /// The core loop's inbox as the links and the operators' connections hold it: two bounded
