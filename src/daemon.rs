@@ -131,6 +131,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         f.transfer_interval,
         humantime::format_duration(f.snapshot_interval)
     );
+    let metrics = Metrics::new(&hosts, me, started);
     let cfg = NodeConfig {
         core: CoreConfig {
             me,
@@ -162,7 +163,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         started,
         stats_file: args.stats_file.clone(),
         snapshot_phases: args.snapshot_phases,
-        metrics: Metrics::new(addr, started),
+        metrics,
     };
     cfg.core
         .validate()

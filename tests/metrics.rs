@@ -118,24 +118,6 @@ fn scrape_until(
     panic!("{addr}: {what} within {timeout:?}; last scrape:\n{last}");
 }
 
-/// `n` free loopback ports for metrics, none of them a branch's.
-fn metrics_addrs(c: &Cluster, n: usize) -> Vec<String> {
-    free_ports(n + c.addrs.len())
-        .into_iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .filter(|a| !c.addrs.contains(a))
-        .take(n)
-        .collect()
-}
-
-/// Starts branch `i` of `c` with `--metrics at` (besides the cluster's arguments).
-fn start_with_metrics(c: &mut Cluster, i: usize, at: &str) {
-    let common = c.args.clone();
-    c.args.extend(["--metrics".to_string(), at.to_string()]);
-    c.start(i);
-    c.args = common;
-}
-
 /// TCP ports process `pid` listens on (from /proc: its socket inodes in LISTEN state).
 fn listening_ports(pid: i32) -> Vec<u16> {
     let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -248,7 +230,24 @@ fn metrics_endpoints_are_scraped_across_a_kill9_restart() {
         assert_eq!(s.get("snapbank_links_up", ""), (BRANCHES - 1) as f64);
         assert!(s.get("snapbank_snapshot_parts_recorded_total", "") > 0.0);
         assert!(s.get("snapbank_store_commit_duration_seconds_count", "") > 0.0);
-        assert!(s.get("snapbank_uptime_seconds", "") > 0.0);
+        assert!(s.get("process_start_time_seconds", "") > 1.6e9);
+        assert!(s.get("process_resident_memory_bytes", "") > 1e6);
+        assert!(s.get("process_open_fds", "") >= BRANCHES as f64);
+        assert!(s.get("snapbank_transfer_latency_seconds_count", "") > 0.0);
+        let role = if i == 0 { "initiator" } else { "branch" };
+        assert_eq!(
+            s.get("snapbank_role_info", &format!("role=\"{role}\"")),
+            1.0
+        );
+        // Which link is up, per peer and direction, and each channel's backlog.
+        for j in (0..BRANCHES).filter(|j| *j != i) {
+            let peer = format!("peer=\"{}\"", c.addr(j));
+            for dir in ["outgoing", "incoming"] {
+                let l = format!("{peer},direction=\"{dir}\"");
+                assert_eq!(s.get("snapbank_link_up", &l), 1.0, "{l}");
+            }
+            s.get("snapbank_channel_unacknowledged_transfers", &peer);
+        }
         for dir in ["direction=\"outgoing\"", "direction=\"incoming\""] {
             assert!(s.get("snapbank_link_sent_bytes_total", dir) > 0.0, "{dir}");
             assert!(
@@ -260,17 +259,36 @@ fn metrics_endpoints_are_scraped_across_a_kill9_restart() {
                 "{dir}"
             );
         }
-        let durations = s.get("snapbank_snapshot_duration_seconds_count", "");
-        let completed = s.get("snapbank_snapshots_completed_total", "");
         if i == 0 {
+            let durations = s.get("snapbank_snapshot_duration_seconds_count", "");
+            let completed = s.get("snapbank_snapshots_completed_total", "");
             assert!(durations > 0.0, "the initiator timed its snapshots");
             assert!(
                 durations <= completed,
                 "{durations} durations, {completed} completed"
             );
+            assert_eq!(s.get("snapbank_snapshot_last_money", ""), GENESIS_TOTAL);
+            assert_eq!(
+                s.get("snapbank_snapshot_last_expected_money", ""),
+                GENESIS_TOTAL
+            );
+            assert!(s.get("snapbank_snapshot_last_id", "") >= 1.0);
+            assert_eq!(s.get("snapbank_snapshots_unconserved_total", ""), 0.0);
         } else {
-            assert_eq!(durations, 0.0, "only the initiator completes snapshots");
-            assert_eq!(s.get("snapbank_snapshots_pending", ""), 0.0);
+            // Only the initiator completes snapshots: the other branches have none of its
+            // series (rather than zeros and NaN quantiles).
+            for name in [
+                "snapbank_snapshot_duration_seconds",
+                "snapbank_snapshots_completed",
+                "snapbank_snapshots_pending",
+                "snapbank_snapshot_last_money",
+            ] {
+                assert!(
+                    !s.series.keys().any(|k| k.starts_with(name)),
+                    "{name} at {}",
+                    c.addr(i)
+                );
+            }
         }
     }
 
@@ -408,5 +426,54 @@ fn without_metrics_a_branch_listens_on_its_own_port_only() {
     );
     assert_eq!(listening_ports(c.pid(1)), vec![port_of(&c.addr(1))]);
     assert!(!c.log(1).contains("metrics at"), "{}", c.log(1));
+    c.stop_all();
+}
+
+/// `/healthz` answers while the core loop runs; `/readyz` says which links are missing until
+/// every link both ways is up, then 200; the initiator-only series stay at the initiator.
+#[test]
+fn health_and_readiness_endpoints() {
+    let mut c = Cluster::new(3, ARGS);
+    let at = metrics_addrs(&c, 3);
+    start_with_metrics(&mut c, 1, &at[1]);
+    let end = Instant::now() + Duration::from_secs(20);
+    let (code, body) = loop {
+        match http_get(&at[1], "/readyz") {
+            Ok((503, body)) if body.contains("links down") => break (503, body),
+            Ok(other) if Instant::now() > end => panic!("/readyz alone: {other:?}"),
+            Err(e) if Instant::now() > end => panic!("/readyz alone: {e}"),
+            _ => sleep(100),
+        }
+    };
+    assert_eq!(code, 503);
+    for peer in [c.addr(0), c.addr(2)] {
+        assert!(body.contains(&peer), "{peer} named in {body:?}");
+    }
+    assert_eq!(
+        http_get(&at[1], "/healthz").expect("healthz"),
+        (200, "ok\n".to_string())
+    );
+    let (code, body) = http_get(&at[1], "/nothing").expect("404");
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body.contains("/metrics") && body.contains("/readyz"),
+        "{body}"
+    );
+
+    start_with_metrics(&mut c, 0, &at[0]);
+    start_with_metrics(&mut c, 2, &at[2]);
+    for a in &at {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            match http_get(a, "/readyz") {
+                Ok((200, body)) => {
+                    assert_eq!(body, "ready\n");
+                    break;
+                }
+                other if Instant::now() > end => panic!("{a} /readyz: {other:?}"),
+                _ => sleep(100),
+            }
+        }
+    }
     c.stop_all();
 }

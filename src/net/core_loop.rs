@@ -7,6 +7,7 @@
 //! [`WriteBatch`]: crate::core::WriteBatch
 
 use super::inbound::{AckSlots, Listener};
+use super::metrics::SnapshotDone;
 use super::outgoing::OutLink;
 use super::stats::Stats;
 use super::{control, ready, Event, InboxRx, Metrics, NodeConfig, NodeError, Pace, RunSummary};
@@ -59,6 +60,7 @@ pub async fn run_branch(
             source,
         })?;
     let mut core_loop = CoreLoop::open(cfg, store, listener)?;
+    core_loop.observe_metrics();
     let ran = core_loop.run(&shutdown).await;
     core_loop.stop_tasks().await;
     ran?;
@@ -110,8 +112,18 @@ impl CoreLoop {
         // Counts this start durably; `restarts` is how many came before it.
         let restarts = tokio::task::block_in_place(|| store.count_start())?;
         let metrics = cfg.metrics.clone();
-        metrics.set_restarts(restarts);
-        metrics.observe(&core);
+        let last = if core.is_initiator() {
+            tokio::task::block_in_place(|| store.global(None))?.map(|g| SnapshotDone {
+                snapshot: g.snapshot,
+                duration_us: g.duration_us(),
+                total: g.total,
+                expected: g.expected_total,
+                completed_at_us: g.completed_at,
+            })
+        } else {
+            None
+        };
+        metrics.store_opened(restarts, last);
         let n = cfg.hosts.len();
         let mut stats = Stats::new(
             cfg.stats_file.clone(),
@@ -228,7 +240,7 @@ impl CoreLoop {
                     self.stats.write(&self.addr_text);
                 }
                 // Between steps everything the core holds is durable: a scrape sees committed state.
-                _ = self.metrics.refresh_wanted(), if !waiting => self.metrics.observe(&self.core),
+                _ = self.metrics.refresh_wanted(), if !waiting => self.observe_metrics(),
                 _ = std::future::ready(()), if work_ready => {}
                 _ = tokio::time::sleep(CHANNELS_FULL_PAUSE), if full_speed && !can_transfer && !stopping && !snapshot_first => {}
                 _ = tokio::time::sleep_until(recording_since.map_or(far, |(_, t)| t) + SNAPSHOT_FIRST_MAX), if snapshot_first => {}
@@ -503,6 +515,12 @@ impl CoreLoop {
         Ok(())
     }
 
+    /// Sets the metrics from the core's committed state (a scrape asked).
+    fn observe_metrics(&self) {
+        self.metrics
+            .observe(&self.core, &self.acks.up(), self.stats.latency(), now_us());
+    }
+
     /// Counts a link up for the stats, and logs when the whole mesh first is.
     fn note_link_up(&mut self, peer: BranchId, outgoing: bool) {
         let before = self.stats.mesh_up().is_some();
@@ -562,11 +580,14 @@ impl CoreLoop {
                 unconserved_since,
             } => {
                 self.stats.snapshot_completed(snapshot.0, duration_us);
-                self.metrics.snapshot_completed(
+                let done = SnapshotDone {
+                    snapshot,
                     duration_us,
-                    total == expected as u128,
-                    unconserved_since,
-                );
+                    total,
+                    expected,
+                    completed_at_us: now_us(),
+                };
+                self.metrics.snapshot_completed(&done, unconserved_since);
                 let ms = duration_us as f64 / 1000.0;
                 match unconserved_since {
                     None => info!("snapshot {snapshot} complete in {ms:.1} ms: total {total} (expected {expected})"),

@@ -182,6 +182,11 @@ impl Stats {
         }
     }
 
+    /// Every transfer's latency so far, in µs: durable debit to the acknowledgement covering it.
+    pub fn latency(&self) -> &Histogram<u64> {
+        &self.latency
+    }
+
     /// The store is open and recovered; `st` is where it stands.
     pub fn store_opened(&mut self, st: &DurableState) {
         self.store_open = Some(self.started.elapsed());

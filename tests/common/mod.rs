@@ -180,3 +180,45 @@ pub fn last_error_line(log: &str) -> Option<&str> {
         l.contains("error") || l.contains("refus") || l.contains("panic")
     })
 }
+
+/// `n` free loopback ports for metrics, none of them a branch's.
+pub fn metrics_addrs(c: &Cluster, n: usize) -> Vec<String> {
+    free_ports(n + c.addrs.len())
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .filter(|a| !c.addrs.contains(a))
+        .take(n)
+        .collect()
+}
+
+/// Starts branch `i` of `c` with `--metrics at` (besides the cluster's arguments).
+pub fn start_with_metrics(c: &mut Cluster, i: usize, at: &str) {
+    let common = c.args.clone();
+    c.args.extend(["--metrics".to_string(), at.to_string()]);
+    c.start(i);
+    c.args = common;
+}
+
+/// `GET path` from `addr` over plain HTTP/1.0 (so that no server chunks the body): the status
+/// code and the body.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no end of headers in {raw:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("status line of {head:?}"))?;
+    Ok((code, body.to_string()))
+}

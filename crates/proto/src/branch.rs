@@ -609,6 +609,15 @@ impl Branch {
             .sum()
     }
 
+    /// Per peer (this branch included, with nothing): the transfers sent and not yet
+    /// acknowledged, and their money.
+    pub fn unacked_by_peer(&self) -> Vec<(usize, u128)> {
+        self.unacked
+            .iter()
+            .map(|q| (q.len(), q.iter().map(|(_, a)| *a as u128).sum()))
+            .collect()
+    }
+
     /// Outgoing links currently up.
     pub fn links_up(&self) -> usize {
         self.out_link.iter().filter(|l| l.is_some()).count()
