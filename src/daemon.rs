@@ -1,5 +1,14 @@
 //! The branch daemon behind `bank IP:PORT` (and behind `start_bank`, which runs it in a child
 //! process of its own binary when no `bank` binary was built next to it).
+//!
+//! Signals: SIGINT and SIGTERM stop the branch gracefully (`--settle`, then exit 0); SIGHUP is
+//! logged and ignored (there is nothing to reload: host.list, the key and the flags are read once,
+//! at start). Under systemd (`tools/deploy/bank@.service`, `Type=notify`) the branch says
+//! `READY=1` once it serves, `STATUS=` now and then, `WATCHDOG=1` at half of `$WATCHDOG_USEC` from
+//! the thread that runs the core loop (a core loop that hangs stops the pings), and `STOPPING=1`
+//! when it starts to stop ([`notify`]).
+
+mod notify;
 
 use crate::cli::{error_line, init_logging, BranchFlags, DataDir, KeyArgs};
 use crate::core::{CoreConfig, Timing};
@@ -13,7 +22,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
+
+/// How often a branch under systemd refreshes its `STATUS=` line.
+const STATUS_EVERY: Duration = Duration::from_secs(30);
 
 /// Longest wait between two attempts to connect to a peer (the redial backoff's cap).
 const REDIAL_MAX: Duration = Duration::from_secs(2);
@@ -70,6 +82,9 @@ where
 }
 
 fn run(args: Args, started: Instant) -> anyhow::Result<()> {
+    let notifier = notify::Notifier::from_env().map_err(|e| {
+        anyhow::anyhow!("{e} (unset NOTIFY_SOCKET unless a service manager started the branch)")
+    })?;
     let hosts = HostList::load(&args.hosts)?;
     let addr: SocketAddr = args
         .branch
@@ -164,6 +179,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         stats_file: args.stats_file.clone(),
         snapshot_phases: args.snapshot_phases,
         metrics,
+        ready: std::sync::Arc::new(tokio::sync::Notify::new()),
     };
     cfg.core
         .validate()
@@ -188,6 +204,14 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
                 trigger.cancel();
             });
         }
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                info!(
+                    "branch {addr}: SIGHUP ignored: nothing to reload (host.list, the key and the flags are read at start; restart the branch to change them, SIGTERM stops it)"
+                );
+            }
+        });
         if let Some(listener) = metrics_listener {
             let at = listener
                 .local_addr()
@@ -195,10 +219,80 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             metrics::serve(listener, cfg.metrics.clone())
                 .map_err(|e| anyhow::anyhow!("--metrics {at}: cannot serve: {e}"))?;
         }
+        notifier.send_or_warn(&format!("STATUS=opening store {}", dir.display()));
         let store = tokio::task::block_in_place(|| open_with_retry(&dir, &identity))?;
-        Ok::<_, anyhow::Error>(run_branch(cfg, store, shutdown).await?)
+        let ready = cfg.ready.clone();
+        let settle = cfg.settle;
+        // Polled on this thread with the core loop: the watchdog's pings stop if it hangs.
+        tokio::select! {
+            ran = run_branch(cfg, store, shutdown.clone()) => Ok::<_, anyhow::Error>(ran?),
+            never = tell_service_manager(&notifier, &ready, &shutdown, addr, settle) => match never {},
+        }
     })?;
     Ok(())
+}
+
+/// Tells systemd (if it asked, [`notify::Notifier`]) how the branch is doing: `READY=1` once it
+/// serves, `STATUS=` lines, `WATCHDOG=1` at the watchdog's half-period, `STOPPING=1` once it is
+/// asked to stop. Never returns: it ends with the branch it runs beside.
+async fn tell_service_manager(
+    notifier: &notify::Notifier,
+    ready: &tokio::sync::Notify,
+    shutdown: &CancellationToken,
+    addr: SocketAddr,
+    settle: Duration,
+) -> std::convert::Infallible {
+    if !notifier.enabled() {
+        return std::future::pending().await;
+    }
+    let far = Duration::from_secs(86400 * 365);
+    let mut watchdog = tokio::time::interval(notifier.watchdog_every().unwrap_or(far));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status =
+        tokio::time::interval_at(tokio::time::Instant::now() + STATUS_EVERY, STATUS_EVERY);
+    let (mut serving, mut stopping) = (None, false);
+    loop {
+        tokio::select! {
+            _ = ready.notified(), if serving.is_none() => {
+                serving = Some(Instant::now());
+                notifier.send_or_warn(&format!(
+                    "READY=1\nSTATUS=serving {addr}: store open, listening"
+                ));
+            }
+            _ = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                notifier.send_or_warn(&format!(
+                    "STOPPING=1\nSTATUS=stopping {addr}: settling in-flight transfers for {}",
+                    humantime::format_duration(settle)
+                ));
+            }
+            _ = watchdog.tick(), if notifier.watchdog_every().is_some() => {
+                notifier.send_or_warn("WATCHDOG=1");
+            }
+            _ = status.tick(), if !stopping => {
+                if let Some(since) = serving {
+                    let up = Duration::from_secs(since.elapsed().as_secs());
+                    notifier.send_or_warn(&format!(
+                        "STATUS=serving {addr} for {}",
+                        humantime::format_duration(up)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl notify::Notifier {
+    /// Sends `state`, logging a failure (the first one only: a service manager that went away
+    /// must neither stop the branch nor flood its log).
+    fn send_or_warn(&self, state: &str) {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if let Err(e) = self.send(state) {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}");
+            }
+        }
+    }
 }
 
 /// Loads the cluster key. A new branch (no store yet) without `--key` whose data directory has

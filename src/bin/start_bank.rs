@@ -1,4 +1,10 @@
 //! `start_bank IP`: start one `bank` process per branch of host.list on this IP.
+//!
+//! It supervises them: SIGINT/SIGTERM (and `--for`) are forwarded, followed by SIGCONT so that a
+//! stopped branch can act on them, and a branch still running `--settle` + `--stop-grace` later is
+//! killed (SIGKILL, logged); with `--restart` a branch that crashed is started again with
+//! exponential backoff; SIGHUP is logged and ignored. The branches get the parent-death signal
+//! SIGTERM, so a `kill -9` of start_bank stops them too (gracefully).
 
 use clap::Parser;
 use nix::sys::signal::{kill, Signal};
@@ -11,9 +17,19 @@ use snapbank::secure::ClusterKey;
 use snapbank::store::{branch_dir, Identity, SledStore};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// `--restart`: the first restart of a crashed branch waits this long, each further one twice as
+/// long as the one before, up to [`RESTART_DELAY_MAX`].
+const RESTART_DELAY_MIN: Duration = Duration::from_millis(100);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(10);
+/// A branch that ran this long before it crashed starts again after [`RESTART_DELAY_MIN`].
+const RUN_STABLE_AFTER: Duration = Duration::from_secs(30);
+/// How often the branches' processes are checked for an exit.
+const POLL_EVERY: Duration = Duration::from_millis(50);
 
 /// Start every branch of host.list that lives on IP (one `bank` process each), forward
 /// Ctrl-C/SIGTERM to them and exit when they have. Flags after IP that start_bank does not take
@@ -37,6 +53,15 @@ struct Args {
     /// host.list (the first is 0) at IP:PORT+i. Off by default.
     #[arg(long, value_name = "IP:PORT")]
     metrics_base: Option<SocketAddr>,
+    /// Start a branch that crashed (exited non-zero, or was killed by a signal start_bank did not
+    /// send) again, after 100 ms, then twice as long at each further crash up to 10 s (back to
+    /// 100 ms once it has run 30 s). Each restart is logged.
+    #[arg(long)]
+    restart: bool,
+    /// On a stop (SIGINT, SIGTERM, --for), a branch still running --settle plus this long after
+    /// the signal is killed (SIGKILL).
+    #[arg(long, default_value = "5s", allow_hyphen_values = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    stop_grace: Duration,
     #[command(flatten)]
     flags: BranchFlags,
 }
@@ -70,10 +95,88 @@ fn main() -> ExitCode {
     }
 }
 
+/// One branch as start_bank sees it.
 struct Branch {
     addr: String,
-    child: Child,
-    status: Option<std::process::ExitStatus>,
+    /// The `bank` arguments after the program (and its branch mode).
+    args: Vec<std::ffi::OsString>,
+    state: State,
+    /// When its process last started.
+    started: Instant,
+    /// `--restart`: how long the next restart waits.
+    restart_delay: Duration,
+    /// Whether start_bank killed it (SIGKILL) for not stopping in time.
+    killed: bool,
+}
+
+enum State {
+    Running(Child),
+    /// `--restart`: crashed with this status; starts again at `at`.
+    Restarting {
+        at: Instant,
+        crashed: ExitStatus,
+    },
+    Exited(ExitStatus),
+}
+
+impl Branch {
+    fn pid(&self) -> Option<Pid> {
+        match &self.state {
+            State::Running(child) => child
+                .id()
+                .and_then(|p| i32::try_from(p).ok())
+                .map(Pid::from_raw),
+            _ => None,
+        }
+    }
+
+    fn status(&self) -> Option<ExitStatus> {
+        match self.state {
+            State::Exited(st) => Some(st),
+            _ => None,
+        }
+    }
+}
+
+/// How start_bank runs a branch: the program, and its branch mode.
+struct Launcher {
+    bank: PathBuf,
+    mode: &'static [&'static str],
+}
+
+impl Launcher {
+    /// Starts one `bank` process. It gets SIGTERM when start_bank dies (`PR_SET_PDEATHSIG`: so
+    /// this is called on the main thread, which lives as long as start_bank), and none of the
+    /// service manager's variables (start_bank, not its branches, is the service).
+    fn spawn(&self, addr: &str, args: &[std::ffi::OsString]) -> anyhow::Result<Child> {
+        let mut cmd = Command::new(&self.bank);
+        cmd.args(self.mode)
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            // Should start_bank fail, its branches must not outlive it.
+            .kill_on_drop(true);
+        let parent = nix::unistd::getpid();
+        // SAFETY: between fork and exec the closure only makes two system calls (prctl,
+        // getppid), both async-signal-safe; it allocates only on the error path, as std's own
+        // pre-exec error reporting does.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+                // start_bank died before the prctl: nobody would signal this branch.
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::other("start_bank exited"));
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start bank {addr}: {e}"))?;
+        Ok(child)
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -133,91 +236,104 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let me = std::env::current_exe()?;
     // The `bank` binary next to us if it was built, else this binary in branch mode.
-    let (bank, mode): (PathBuf, &[&str]) = match me.parent().map(|d| d.join("bank")) {
-        Some(p) if p.is_file() => (p, &[]),
-        _ => (me.clone(), &[AS_BANK]),
+    let launcher = match me.parent().map(|d| d.join("bank")) {
+        Some(p) if p.is_file() => Launcher { bank: p, mode: &[] },
+        _ => Launcher {
+            bank: me.clone(),
+            mode: &[AS_BANK],
+        },
     };
     // Handlers first: a signal that arrives while the branches start is still forwarded.
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut branches = Vec::new();
     for (id, metrics_at) in mine.iter().zip(&metrics_at) {
         let addr = hosts.addr(*id).to_string();
-        let mut cmd = Command::new(&bank);
-        cmd.args(mode)
-            .arg(&addr)
-            .arg("--hosts")
-            .arg(&args.hosts)
-            .arg("--data-dir")
-            .arg(&args.data.data_dir)
-            .args(&key_args)
-            .args(args.flags.to_args(id.0 as u64))
-            .stdin(Stdio::null())
-            // Should start_bank fail, its branches must not outlive it.
-            .kill_on_drop(true);
+        let mut bank_args: Vec<std::ffi::OsString> = vec![
+            addr.clone().into(),
+            "--hosts".into(),
+            args.hosts.clone().into_os_string(),
+            "--data-dir".into(),
+            args.data.data_dir.clone().into_os_string(),
+        ];
+        bank_args.extend(key_args.iter().cloned());
+        bank_args.extend(args.flags.to_args(id.0 as u64).into_iter().map(Into::into));
         if let Some(at) = metrics_at {
-            cmd.arg("--metrics").arg(at.to_string());
+            bank_args.push("--metrics".into());
+            bank_args.push(at.to_string().into());
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start bank {addr}: {e}"))?;
+        let child = launcher.spawn(&addr, &bank_args)?;
         eprintln!(
             "start_bank: started bank {addr} (pid {})",
             child.id().unwrap_or(0)
         );
         branches.push(Branch {
             addr,
-            child,
-            status: None,
+            args: bank_args,
+            state: State::Running(child),
+            started: Instant::now(),
+            restart_delay: RESTART_DELAY_MIN,
+            killed: false,
         });
     }
 
-    let deadline = args.run_for.map(|d| tokio::time::Instant::now() + d);
-    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-    let mut stopping = false;
-    loop {
-        if branches.iter().all(|b| b.status.is_some()) {
-            break;
-        }
-        let wait_any = async {
-            loop {
-                for (i, b) in branches.iter_mut().enumerate() {
-                    if b.status.is_none() {
-                        if let Ok(Some(st)) = b.child.try_wait() {
-                            return (i, st);
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = args.run_for.map(|d| Instant::now() + d);
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    // Once stopping: when a branch still running is killed.
+    let mut kill_at: Option<Instant> = None;
+    let stop_time = args.flags.settle.saturating_add(args.stop_grace);
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !branches.iter().all(|b| b.status().is_some()) {
+        let stopping = kill_at.is_some();
+        let stop_with = tokio::select! {
+            _ = poll.tick() => None,
+            _ = int.recv() => Some(Signal::SIGINT),
+            _ = term.recv() => Some(Signal::SIGTERM),
+            _ = hup.recv() => {
+                eprintln!("start_bank: SIGHUP ignored: nothing to reload (SIGTERM or Ctrl-C stops the branches)");
+                None
             }
-        };
-        tokio::select! {
-            (i, st) = wait_any => {
-                let b = &mut branches[i];
-                b.status = Some(st);
-                if !stopping || !st.success() {
-                    eprintln!("start_bank: bank {} exited: {st}", b.addr);
-                }
-            }
-            _ = int.recv() => { stopping = true; signal_all(&branches, Signal::SIGINT); }
-            _ = term.recv() => { stopping = true; signal_all(&branches, Signal::SIGTERM); }
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && !stopping => {
                 eprintln!("start_bank: {} elapsed, stopping the branches", humantime::format_duration(args.run_for.unwrap_or_default()));
-                stopping = true;
-                signal_all(&branches, Signal::SIGTERM);
+                Some(Signal::SIGTERM)
+            }
+        };
+        if let Some(sig) = stop_with {
+            signal_all(&branches, sig);
+            kill_at.get_or_insert(Instant::now() + stop_time);
+        }
+        let stopping = kill_at.is_some();
+        for b in &mut branches {
+            check(b, stopping, args.restart, &launcher);
+        }
+        if kill_at.is_some_and(|at| Instant::now() >= at) {
+            for b in &mut branches {
+                if let (Some(pid), false) = (b.pid(), b.killed) {
+                    eprintln!(
+                        "start_bank: bank {} still running {} after the stop signal (--settle {} + --stop-grace {}); killing it (SIGKILL)",
+                        b.addr,
+                        humantime::format_duration(stop_time),
+                        humantime::format_duration(args.flags.settle),
+                        humantime::format_duration(args.stop_grace)
+                    );
+                    let _ = kill(pid, Signal::SIGKILL);
+                    b.killed = true;
+                }
             }
         }
     }
     let failed: Vec<&Branch> = branches
         .iter()
-        .filter(|b| !b.status.is_some_and(|s| s.success()))
+        .filter(|b| !b.status().is_some_and(|s| s.success()))
         .collect();
     for b in &failed {
         eprintln!(
             "start_bank: bank {} failed ({})",
             b.addr,
-            b.status.map_or("unknown".to_string(), |s| s.to_string())
+            b.status().map_or("unknown".to_string(), |s| s.to_string())
         );
     }
     let mut code = if failed.is_empty() {
@@ -249,12 +365,78 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// Sends `sig` to every running branch, then SIGCONT: a stopped branch acts on it (as systemd
+/// does when it stops a service).
 fn signal_all(branches: &[Branch], sig: Signal) {
-    for b in branches {
-        if b.status.is_none() {
-            if let Some(pid) = b.child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), sig);
+    for pid in branches.iter().filter_map(Branch::pid) {
+        let _ = kill(pid, sig);
+        let _ = kill(pid, Signal::SIGCONT);
+    }
+}
+
+/// Whether a branch that exited with `st` crashed: a graceful stop (SIGINT or SIGTERM sent to the
+/// branch alone, by an operator) exits 0.
+fn crashed(st: ExitStatus) -> bool {
+    !st.success()
+}
+
+/// Reaps `b` if it exited, and with `--restart` (unless stopping) starts it again when a crash's
+/// backoff is over.
+fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
+    match &mut b.state {
+        State::Running(child) => {
+            let Ok(Some(st)) = child.try_wait() else {
+                return;
+            };
+            if !stopping || !st.success() {
+                eprintln!("start_bank: bank {} exited: {st}", b.addr);
+            }
+            if restart && !stopping && crashed(st) {
+                if b.started.elapsed() >= RUN_STABLE_AFTER {
+                    b.restart_delay = RESTART_DELAY_MIN;
+                }
+                let delay = b.restart_delay;
+                b.restart_delay = (delay * 2).min(RESTART_DELAY_MAX);
+                eprintln!(
+                    "start_bank: restarting bank {} in {} (--restart)",
+                    b.addr,
+                    humantime::format_duration(delay)
+                );
+                b.state = State::Restarting {
+                    at: Instant::now() + delay,
+                    crashed: st,
+                };
+            } else {
+                b.state = State::Exited(st);
             }
         }
+        State::Restarting { crashed, .. } if stopping => b.state = State::Exited(*crashed),
+        State::Restarting { at, crashed } if Instant::now() >= *at => {
+            let crashed = *crashed;
+            match launcher.spawn(&b.addr, &b.args) {
+                Ok(child) => {
+                    eprintln!(
+                        "start_bank: restarted bank {} (pid {})",
+                        b.addr,
+                        child.id().unwrap_or(0)
+                    );
+                    b.state = State::Running(child);
+                    b.started = Instant::now();
+                }
+                Err(e) => {
+                    let delay = b.restart_delay;
+                    b.restart_delay = (delay * 2).min(RESTART_DELAY_MAX);
+                    eprintln!(
+                        "start_bank: error: {e}; trying again in {}",
+                        humantime::format_duration(delay)
+                    );
+                    b.state = State::Restarting {
+                        at: Instant::now() + delay,
+                        crashed,
+                    };
+                }
+            }
+        }
+        State::Restarting { .. } | State::Exited(_) => {}
     }
 }

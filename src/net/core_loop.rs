@@ -59,8 +59,10 @@ pub async fn run_branch(
             addr: my_addr,
             source,
         })?;
+    let ready = cfg.ready.clone();
     let mut core_loop = CoreLoop::open(cfg, store, listener)?;
     core_loop.observe_metrics();
+    ready.notify_one();
     let ran = core_loop.run(&shutdown).await;
     core_loop.stop_tasks().await;
     ran?;

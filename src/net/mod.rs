@@ -73,6 +73,9 @@ pub struct NodeConfig {
     /// The branch's metrics, kept up to date by the core loop and the links (served over HTTP
     /// by [`metrics::serve`] with `--metrics`).
     pub metrics: Arc<Metrics>,
+    /// Notified once the branch serves (store recovered, port listening; links may still be
+    /// coming up): the daemon tells systemd `READY=1` then.
+    pub ready: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,8 @@
 //!   directory and a log per branch; start, signal, `kill -9`, stop and wait for branches; run
 //!   `snapctl` against its stores
 //! - [`free_ports`] ([`ports`]): ports for the branches
-//! - [`process`]: waiting for a process with a timeout, signals by name, what the host allows
+//! - [`process`]: waiting for a process with a timeout (or for one that is not our child to
+//!   exit), signals by name, what the host allows
 //! - [`logs`]: what the kit reads in a branch's log
 //!
 //! The programs are parameters ([`Bins`]): this crate cannot see cargo's binaries itself.
@@ -22,4 +23,7 @@ pub mod process;
 pub use cluster::{host_list_text, Bins, Cluster, Dir, Stopped};
 pub use logs::{completed_snapshots, line_time, Completed};
 pub use ports::free_ports;
-pub use process::{fault_tools_available, is_root, runs, signal_named, wait_timeout, wait_until};
+pub use process::{
+    fault_tools_available, has_exited, is_root, runs, signal_named, wait_exited, wait_timeout,
+    wait_until,
+};

@@ -40,6 +40,34 @@ pub fn send(c: &Child, sig: Signal) -> std::io::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(std::io::Error::from)
 }
 
+/// Whether process `pid` has exited: there is none, or it is a zombie nobody reaped yet (an
+/// orphan whose new parent does not reap, as some containers' init). Linux (`/proc`).
+pub fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+/// Waits up to `t` for process `pid` (not necessarily a child of ours) to exit
+/// ([`has_exited`]); whether it did.
+pub fn wait_exited(pid: u32, t: Duration) -> bool {
+    let end = Instant::now() + t;
+    loop {
+        if has_exited(pid) {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A signal by its name as `kill -NAME` takes it: `TERM`, `STOP`, `SIGCONT`, ...
 pub fn signal_named(name: &str) -> Option<Signal> {
     let name = name.to_ascii_uppercase();
@@ -96,6 +124,15 @@ pub fn fault_tools_available(test: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_runs_and_a_reaped_child_has_exited() {
+        assert!(!has_exited(std::process::id()));
+        let mut c = Command::new("true").spawn().expect("run true");
+        let pid = c.id();
+        c.wait().expect("reap");
+        assert!(wait_exited(pid, Duration::from_secs(1)));
+    }
 
     #[test]
     fn signal_names_as_kill_takes_them() {
