@@ -181,6 +181,14 @@ fn section_latency(r: &Report, h: &mut String) {
     );
     for p in &l.processes {
         let q = &p.stats.latency_us;
+        // A process that measured nothing has no percentiles (its summary says 0).
+        let us = |v: u64| {
+            if q.count == 0 {
+                "–".to_string()
+            } else {
+                ms(v)
+            }
+        };
         let _ = writeln!(
             h,
             "<tr><td>{}</td><td>pid {} ({})</td><td>{}</td><td>{:.1} s</td><td>{}</td><td>{}</td>\
