@@ -1,5 +1,6 @@
-//! `snapctl report` end to end: the report of a real 4-branch cluster, checked as HTML and
-//! rendered by headless Chromium (Debian `chromium`). Without Chromium the rendering test skips
+//! `snapctl report` end to end: the report of a real 4-branch cluster with a `kill -9`ed and
+//! restarted branch and a fault timeline, checked as HTML and rendered by headless Chromium
+//! (Debian `chromium`). Without Chromium the rendering test skips
 //! with a visible message outside CI and fails in CI (`CI` set), like the fault tests.
 
 mod common;
@@ -13,12 +14,36 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const CHARTS: [&str; 4] = [
+const CHARTS: [&str; 5] = [
     "chart-balances",
     "chart-total",
     "chart-durations",
     "chart-rate",
+    "chart-branch-rate",
 ];
+
+/// The x tick labels of a chart.
+fn x_ticks(svg: &str) -> Vec<&str> {
+    svg.split("<text class=\"tick x\"")
+        .skip(1)
+        .filter_map(|t| t.split_once('>')?.1.split_once('<').map(|l| l.0))
+        .collect()
+}
+
+/// `HH:MM:SS`, maybe with decimals.
+fn is_clock_time(l: &str) -> bool {
+    let b = l.as_bytes();
+    b.len() >= 8
+        && b[2] == b':'
+        && b[5] == b':'
+        && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
+        && (b.len() == 8 || (b[8] == b'.' && b[9..].iter().all(u8::is_ascii_digit)))
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// The part of `html` from `<svg id="{id}"` to its `</svg>`.
 fn chart<'a>(html: &'a str, id: &str) -> &'a str {
@@ -130,7 +155,20 @@ fn report_of_a_four_branch_cluster_charts_it_and_renders_in_chromium() {
         "10 snapshots complete:\n{}",
         c.log(0)
     );
-    sleep(1500);
+    // Branch 2 is killed and restarted: its store records the start with its time.
+    let killed_at = std::time::SystemTime::now();
+    c.kill9(2);
+    sleep(400);
+    c.start(2);
+    let restarted_at = std::time::SystemTime::now();
+    let done = completed_snapshots(&c.log(0)).len();
+    assert!(
+        c.wait_log(0, Duration::from_secs(30), |l| completed_snapshots(l).len()
+            >= done + 5),
+        "5 more snapshots complete after the restart:\n{}",
+        c.log(0)
+    );
+    sleep(1000);
     c.stop_all();
     let (code, a) = c.audit();
     assert_eq!(code, 0, "{a:#}");
@@ -140,8 +178,30 @@ fn report_of_a_four_branch_cluster_charts_it_and_renders_in_chromium() {
     let n = doc["completed"].as_array().expect("completed").len();
     assert!(n >= 10, "{doc:#}");
 
+    // The fault timeline: the kill as chaos would write it, and a made-up partition.
+    let faults = c.dir.path().join("faults.jsonl");
+    let (k0, k1) = (unix_ms(killed_at), unix_ms(restarted_at));
+    std::fs::write(
+        &faults,
+        format!(
+            "{{\"kind\":\"kill\",\"branches\":[\"{}\"],\"start_ms\":{k0},\"end_ms\":{k1}}}\n\
+             {{\"kind\":\"partition\",\"branches\":[\"{}\",\"{}\"],\"start_ms\":{},\"end_ms\":{}}}\n",
+            c.addrs[2],
+            c.addrs[0],
+            c.addrs[1],
+            k1 + 100,
+            k1 + 300
+        ),
+    )
+    .expect("write the faults file");
     let page = c.dir.path().join("report.html");
-    let out = c.snapctl(&["report", "--out", &page.display().to_string()]);
+    let out = c.snapctl(&[
+        "report",
+        "--out",
+        &page.display().to_string(),
+        "--faults",
+        &faults.display().to_string(),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -154,9 +214,29 @@ fn report_of_a_four_branch_cluster_charts_it_and_renders_in_chromium() {
         "{stdout}"
     );
 
-    // The page: four charts, a line per branch, a point per snapshot, the verdict.
+    // The page: five charts, a line per branch, a point per snapshot, the verdict.
     let html = std::fs::read_to_string(&page).expect("read the report");
-    assert_eq!(html.matches("<svg ").count(), 4, "four charts");
+    assert_eq!(html.matches("<svg ").count(), 5, "five charts");
+    for id in CHARTS {
+        let svg = chart(&html, id);
+        // Wall-clock time on x, the date in the axis label.
+        let ticks = x_ticks(svg);
+        assert!(ticks.len() >= 3, "{id}: {ticks:?}");
+        assert!(ticks.iter().all(|l| is_clock_time(l)), "{id}: {ticks:?}");
+        assert!(svg.contains("time (UTC) on 20"), "{id}: the date");
+        // The restart from branch 2's start record; the two faults of the file.
+        assert_eq!(svg.matches("class=\"band restart\"").count(), 1, "{id}");
+        assert_eq!(svg.matches("class=\"band fault").count(), 2, "{id}");
+        assert_eq!(svg.matches("class=\"band fault kill\"").count(), 1, "{id}");
+    }
+    assert!(chart(&html, "chart-durations").contains("log scale"));
+    assert_eq!(
+        chart(&html, "chart-branch-rate")
+            .matches("class=\"series branch-rate\"")
+            .count(),
+        4
+    );
+    assert!(html.contains("1 kills (red, until the restart), 1 partitions"));
     let balances = chart(&html, "chart-balances");
     assert_eq!(balances.matches("class=\"series branch\"").count(), 4);
     for addr in &c.addrs {
@@ -188,6 +268,7 @@ fn report_of_a_four_branch_cluster_charts_it_and_renders_in_chromium() {
         "verdict"
     );
     assert!(html.contains("4,000,000 (expected 4,000,000)"));
+    assert!(html.contains("Not shown: the stores hold no time per transfer"));
     for resource in ["<script", "src=", "href=", "url(", "@import"] {
         assert!(!html.contains(resource), "self-contained: {resource}");
     }
@@ -199,6 +280,39 @@ fn report_of_a_four_branch_cluster_charts_it_and_renders_in_chromium() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&nowhere.display().to_string()), "{stderr}");
+
+    // A malformed faults file, or none there: one line naming it, exit 2, no page.
+    let bad = c.dir.path().join("bad-faults.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"kind\":\"kill\",\"start_ms\":1}\n{\"kind\":\"kill\"\n",
+    )
+    .expect("write");
+    let other = c.dir.path().join("other.html");
+    for (faults, says) in [
+        (bad.clone(), "line 2"),
+        (
+            c.dir.path().join("no-faults.jsonl"),
+            "cannot read the faults file",
+        ),
+    ] {
+        let out = c.snapctl(&[
+            "report",
+            "--out",
+            &other.display().to_string(),
+            "--faults",
+            &faults.display().to_string(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&faults.display().to_string()), "{stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("tools/chaos"),
+            "{stderr}"
+        );
+        assert!(!other.exists(), "no page written");
+    }
 
     let test = "report_of_a_four_branch_cluster_charts_it_and_renders_in_chromium";
     if !chromium_available(test) {

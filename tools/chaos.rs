@@ -11,17 +11,25 @@
 //!
 //! Partitions need root and nftables (`apt-get install nftables`); without them chaos only kills
 //! (and says so).
+//!
+//! It writes the fault timeline `snapctl report --faults` shades, one JSON object a line
+//! (`snapbank::report::Fault`): `kill` from the `kill -9` to the restart, `partition` from the cut
+//! to the heal, Unix ms (`--faults FILE`, default `DIR/faults.jsonl`); and each branch process's
+//! `--stats-file` as `DIR/stats/<branch>-<start>.json` (for `snapctl report --stats DIR/stats`).
 
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use snapbank::audit::{audit, Cluster as Stores};
 use snapbank::cli::format_audit;
+use snapbank::report::{Fault, FaultKind};
 use snapbank_testkit::{is_root, runs, Bins, Cluster, Dir};
+use std::ffi::OsStr;
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +59,58 @@ struct Args {
     /// Snapshot interval of the cluster.
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     snapshot_interval: Duration,
+    /// Write the fault timeline here (JSON lines; default: faults.jsonl in the cluster's files).
+    #[arg(long, value_name = "FILE")]
+    faults: Option<PathBuf>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The fault timeline, one line per fault when it ends, flushed at once (a chaos run killed
+/// part-way leaves whole lines).
+struct Timeline {
+    path: PathBuf,
+    file: File,
+}
+
+impl Timeline {
+    fn create(path: &Path) -> Result<Timeline, String> {
+        let file = File::create(path)
+            .map_err(|e| format!("cannot create the faults file {}: {e}", path.display()))?;
+        Ok(Timeline {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn write(
+        &mut self,
+        kind: FaultKind,
+        branches: Vec<String>,
+        start_ms: u64,
+    ) -> Result<(), String> {
+        let f = Fault {
+            kind,
+            branches,
+            start_ms,
+            end_ms: Some(unix_ms().max(start_ms)),
+        };
+        writeln!(self.file, "{}", f.json_line())
+            .and_then(|()| self.file.flush())
+            .map_err(|e| format!("cannot write the faults file {}: {e}", self.path.display()))
+    }
+}
+
+/// Starts branch `i` with its own stats file for this start: `stats/<i>-<start>.json`.
+fn start(cluster: &mut Cluster, i: usize, starts: &mut [u32], stats: &Path) -> std::io::Result<()> {
+    let file = stats.join(format!("{i}-{}.json", starts[i]));
+    starts[i] += 1;
+    let bank = cluster.bins.bank.clone();
+    cluster.try_start_with(i, &bank, &[OsStr::new("--stats-file"), file.as_os_str()])
 }
 
 /// The initiator's completed snapshots, from its log.
@@ -147,55 +207,74 @@ fn run(args: Args) -> Result<bool, String> {
         "5s".into(),
         "--snapshot-interval".into(),
         humantime::format_duration(args.snapshot_interval).to_string(),
+        // Stats files fresh to the second (a killed process keeps what it last wrote).
+        "--status-interval".into(),
+        "1s".into(),
     ];
+    let stats = dir.join("stats");
+    std::fs::create_dir_all(&stats).map_err(|e| format!("{}: {e}", stats.display()))?;
+    let faults_path = args
+        .faults
+        .clone()
+        .unwrap_or_else(|| dir.join("faults.jsonl"));
+    let mut timeline = Timeline::create(&faults_path)?;
+    let mut starts = vec![0u32; n];
     for i in 0..n {
         let _ = File::create(cluster.log_path(i));
-        cluster.try_start(i).map_err(|e| e.to_string())?;
+        start(&mut cluster, i, &mut starts, &stats).map_err(|e| e.to_string())?;
     }
     println!(
-        "chaos: {n} branches, {} of faults, seed {seed}, files in {}",
+        "chaos: {n} branches, {} of faults, seed {seed}, files in {}, fault timeline {}",
         humantime::format_duration(args.duration),
-        dir.display()
+        dir.display(),
+        faults_path.display()
     );
 
-    let start = Instant::now();
+    let begin = Instant::now();
     let mut kills = 0u64;
     let mut cuts = 0u64;
-    let mut cut: Option<(Cut, Instant)> = None;
-    let mut down: Vec<(usize, Instant)> = Vec::new();
+    // The partition in place: its nftables table, when it heals, whom it cut off and since when.
+    let mut cut: Option<(Cut, Instant, Vec<String>, u64)> = None;
+    // Killed branches: which, when they come back, since when (Unix ms).
+    let mut down: Vec<(usize, Instant, u64)> = Vec::new();
     let mean = args.fault_every.as_millis().max(10) as u64;
-    while start.elapsed() < args.duration {
+    while begin.elapsed() < args.duration {
         std::thread::sleep(Duration::from_millis(
             rng.gen_range(mean / 4..=mean * 7 / 4),
         ));
         let now = Instant::now();
         // Restart branches whose downtime is over, heal a partition whose time is up.
-        down.retain(|(i, at)| {
-            if *at <= now {
-                if let Err(e) = cluster.try_start(*i) {
-                    eprintln!("chaos: restart: {e}");
-                }
-                false
-            } else {
-                true
+        let (back, still): (Vec<_>, Vec<_>) = down.into_iter().partition(|(_, at, _)| *at <= now);
+        down = still;
+        for (i, _, since) in back {
+            if let Err(e) = start(&mut cluster, i, &mut starts, &stats) {
+                eprintln!("chaos: restart: {e}");
             }
-        });
-        if cut.as_ref().is_some_and(|(_, until)| *until <= now) {
-            cut = None;
-            println!("[{:>6.1}s] healed", start.elapsed().as_secs_f64());
+            timeline.write(FaultKind::Kill, vec![cluster.addrs[i].clone()], since)?;
+        }
+        if cut.as_ref().is_some_and(|(_, until, _, _)| *until <= now) {
+            if let Some((table, _, who, since)) = cut.take() {
+                drop(table);
+                timeline.write(FaultKind::Partition, who, since)?;
+            }
+            println!("[{:>6.1}s] healed", begin.elapsed().as_secs_f64());
         }
         let want_cut = partitions && cut.is_none() && rng.gen_bool(0.4);
         if want_cut {
             let a = rng.gen_range(0..n);
-            let pairs: Vec<(String, String)> = if rng.gen_bool(0.5) {
+            let (pairs, who): (Vec<(String, String)>, Vec<String>) = if rng.gen_bool(0.5) {
                 // Isolate branch a from everyone.
-                (0..n)
+                let pairs = (0..n)
                     .filter(|&b| b != a)
                     .map(|b| (ips[a].clone(), ips[b].clone()))
-                    .collect()
+                    .collect();
+                (pairs, vec![cluster.addrs[a].clone()])
             } else {
                 let b = (a + rng.gen_range(1..n)) % n;
-                vec![(ips[a].clone(), ips[b].clone())]
+                (
+                    vec![(ips[a].clone(), ips[b].clone())],
+                    vec![cluster.addrs[a].clone(), cluster.addrs[b].clone()],
+                )
             };
             let hold = Duration::from_millis(rng.gen_range(500..=4000));
             let what = if pairs.len() == 1 {
@@ -208,38 +287,43 @@ fn run(args: Args) -> Result<bool, String> {
                     cuts += 1;
                     println!(
                         "[{:>6.1}s] {what} for {hold:?}",
-                        start.elapsed().as_secs_f64()
+                        begin.elapsed().as_secs_f64()
                     );
-                    cut = Some((c, now + hold));
+                    cut = Some((c, now + hold, who, unix_ms()));
                 }
                 Err(e) => return Err(format!("partition failed: {e}")),
             }
         } else {
             let i = rng.gen_range(0..n);
-            if down.iter().any(|(d, _)| *d == i) {
+            if down.iter().any(|(d, _, _)| *d == i) {
                 continue;
             }
+            let since = unix_ms();
             cluster.kill9(i);
             kills += 1;
             let back = Duration::from_millis(rng.gen_range(0..=1500));
             println!(
                 "[{:>6.1}s] kill -9 {}{} (back in {back:?})",
-                start.elapsed().as_secs_f64(),
+                begin.elapsed().as_secs_f64(),
                 cluster.addrs[i],
                 if i == 0 { " (initiator)" } else { "" }
             );
-            down.push((i, now + back));
+            down.push((i, now + back, since));
         }
     }
     // Faults stop: heal, restart, and require snapshots to complete again.
-    drop(cut.take());
-    for (i, _) in std::mem::take(&mut down) {
-        cluster.try_start(i).map_err(|e| e.to_string())?;
+    if let Some((table, _, who, since)) = cut.take() {
+        drop(table);
+        timeline.write(FaultKind::Partition, who, since)?;
+    }
+    for (i, _, since) in std::mem::take(&mut down) {
+        start(&mut cluster, i, &mut starts, &stats).map_err(|e| e.to_string())?;
+        timeline.write(FaultKind::Kill, vec![cluster.addrs[i].clone()], since)?;
     }
     let done_at_heal = completed(&cluster).last().copied().unwrap_or(0);
     println!(
         "[{:>6.1}s] faults over: healed and restarted everything; last snapshot so far {done_at_heal}",
-        start.elapsed().as_secs_f64()
+        begin.elapsed().as_secs_f64()
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut live = false;

@@ -54,10 +54,10 @@ echo "== snapctl report"
   --out "$work/report.html"
 
 echo "== chromium --screenshot"
-# 1200 px wide; tall enough for the four charts and the table.
+# 1100 px wide; tall enough for the five charts and the tables.
 if ! chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
-  --hide-scrollbars --user-data-dir="$work/chromium" --window-size=1100,2150 \
+  --hide-scrollbars --user-data-dir="$work/chromium" --window-size=1100,2800 \
   --screenshot="$work/report.png" "file://$work/report.html" >"$work/chromium.log" 2>&1; then
   cat "$work/chromium.log" >&2
   exit 1

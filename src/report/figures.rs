@@ -1,11 +1,19 @@
-//! What the report computes from the completed snapshots: each snapshot's figures, the
-//! transfer rates between them, the duration percentiles, the verdict, and the series of each
-//! chart (as [`LineChart`]s for `chart.rs` to draw).
+//! What the report computes from the completed snapshots: each snapshot's figures and the time
+//! of its cut, the transfer rates between cuts (all branches and per branch), the duration
+//! percentiles, the verdict, the shaded bands (fault periods, restarts), and the series of each
+//! chart (as [`LineChart`]s for `chart.rs` to draw). Every x is wall-clock time.
 
-use super::chart::{color, group_digits, LineChart, Point, Series};
+use super::chart::{clock_time, color, group_digits, Band, LineChart, Point, Series};
+use super::faults::FaultKind;
 use super::Report;
 use crate::snapshot::GlobalSnapshot;
 use crate::types::Micros;
+
+/// Lines break where consecutive snapshots are more than this many times the median interval
+/// between cuts apart (and at least [`GAP_MIN_US`]).
+const GAP_MEDIANS: u64 = 5;
+/// The least gap that breaks a line: 1 s.
+const GAP_MIN_US: u64 = 1_000_000;
 
 /// One completed global snapshot, reduced to the figures the report charts.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,6 +21,9 @@ pub struct SnapshotFigures {
     pub id: u64,
     pub started_at: Micros,
     pub completed_at: Micros,
+    /// When the cut was taken: the mean of the parts' `recorded_at` (each branch records its
+    /// state when it takes part; the started_at when there is no part).
+    pub cut_at: Micros,
     /// The balance each branch recorded at its cut, by branch index (`None`: no part from it).
     pub balances: Vec<Option<u64>>,
     /// Per branch: its balance plus the money recorded in flight towards it (`LocalPart::money`).
@@ -24,6 +35,8 @@ pub struct SnapshotFigures {
     /// Transfers sent by every branch up to its cut: Σ over parts of the last sequence numbers on
     /// their outgoing channels (channels number transfers densely from 1).
     pub sent: u128,
+    /// The same per branch: the transfers it had sent at its cut.
+    pub sent_by: Vec<Option<u128>>,
 }
 
 impl SnapshotFigures {
@@ -31,16 +44,27 @@ impl SnapshotFigures {
     pub fn new(g: &GlobalSnapshot, branches: usize) -> SnapshotFigures {
         let mut balances = vec![None; branches];
         let mut money = vec![None; branches];
+        let mut sent_by = vec![None; branches];
+        let part_sent = |p: &crate::snapshot::LocalPart| -> u128 {
+            p.sent.iter().map(|(_, s)| s.0 as u128).sum()
+        };
         for p in &g.parts {
             if let Some(slot) = balances.get_mut(p.branch.index()) {
                 *slot = Some(p.balance);
                 money[p.branch.index()] = Some(p.money());
+                sent_by[p.branch.index()] = Some(part_sent(p));
             }
         }
+        let cut_at = match g.parts.len() as u128 {
+            0 => g.started_at,
+            n => (g.parts.iter().map(|p| p.recorded_at as u128).sum::<u128>() / n) as u64,
+        };
         SnapshotFigures {
             id: g.snapshot.0,
             started_at: g.started_at,
             completed_at: g.completed_at,
+            cut_at,
+            sent_by,
             balances,
             money,
             total: g.parts.iter().map(|p| p.money()).sum(),
@@ -74,19 +98,35 @@ impl SnapshotFigures {
     }
 }
 
-/// Transfer throughput between two consecutive completed snapshots.
+/// Transfer throughput between the cuts of two consecutive completed snapshots.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rate {
     /// The earlier snapshot's id.
     pub from: u64,
-    /// The later snapshot's id (where the chart plots the rate).
+    /// The later snapshot's id.
     pub to: u64,
-    /// Transfers sent between the two cuts.
+    /// The later cut's time (where the chart plots the rate).
+    pub at: Micros,
+    /// Transfers sent between the two cuts (growth of Σ sent seqs).
     pub transfers: u128,
-    /// Time between the two snapshots' starts.
+    /// Time between the two cuts (not between the snapshots' starts: a snapshot started soon
+    /// after a slow one has its cut much later than its start).
     pub interval_us: u64,
     /// `transfers` per second of `interval_us`.
     pub per_sec: f64,
+    /// The same per branch, by branch index (`None`: no part from it at one of the cuts, or
+    /// its count went back).
+    pub per_branch: Vec<Option<f64>>,
+}
+
+/// A `bank` start on a branch's store after its first (from the store's start records).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restart {
+    pub branch: usize,
+    /// Which start of the store it was (1: the first restart).
+    pub n: u64,
+    /// Unix µs.
+    pub at: Micros,
 }
 
 /// p50/p99/max of the snapshot durations (nearest rank), in microseconds.
@@ -106,14 +146,22 @@ pub(super) fn rates(snapshots: &[SnapshotFigures]) -> (Vec<Rate>, usize) {
     let mut rates_skipped = 0;
     for w in snapshots.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        let interval_us = b.started_at.saturating_sub(a.started_at);
+        let interval_us = b.cut_at.saturating_sub(a.cut_at);
+        let secs = interval_us as f64 / 1e6;
         match b.sent.checked_sub(a.sent) {
             Some(transfers) if interval_us > 0 => rates.push(Rate {
                 from: a.id,
                 to: b.id,
+                at: b.cut_at,
                 transfers,
                 interval_us,
-                per_sec: transfers as f64 / (interval_us as f64 / 1e6),
+                per_sec: transfers as f64 / secs,
+                per_branch: a
+                    .sent_by
+                    .iter()
+                    .zip(&b.sent_by)
+                    .map(|(x, y)| Some(y.as_ref()?.checked_sub(*x.as_ref()?)? as f64 / secs))
+                    .collect(),
             }),
             _ => rates_skipped += 1,
         }
@@ -121,11 +169,139 @@ pub(super) fn rates(snapshots: &[SnapshotFigures]) -> (Vec<Rate>, usize) {
     (rates, rates_skipped)
 }
 
+/// Micros as Unix seconds (the charts' x).
+fn secs(us: Micros) -> f64 {
+    us as f64 / 1e6
+}
+
 impl Report {
-    /// The first and the last snapshot id.
-    fn x_span(&self) -> (u64, u64) {
-        let last = self.snapshots.len() - 1;
-        (self.snapshots[0].id, self.snapshots[last].id)
+    /// The time every chart spans (Unix seconds): from the first snapshot's start (or the
+    /// first fault's, if earlier) to the last one's completion (or the last fault's end). Start
+    /// records outside it are not drawn (a long-lived store remembers restarts from long ago).
+    pub(super) fn x_span(&self) -> (f64, f64) {
+        let mut lo = self
+            .snapshots
+            .iter()
+            .map(|s| s.started_at.min(s.cut_at))
+            .min();
+        let mut hi = self
+            .snapshots
+            .iter()
+            .map(|s| s.completed_at.max(s.cut_at))
+            .max();
+        for f in &self.faults {
+            let end = f.end_ms.unwrap_or(f.start_ms).saturating_mul(1000);
+            lo = lo.map(|l| l.min(f.start_ms.saturating_mul(1000)));
+            hi = hi.map(|h| h.max(end));
+        }
+        (secs(lo.unwrap_or(0)), secs(hi.unwrap_or(0)))
+    }
+
+    /// Where lines break: consecutive points further apart than [`GAP_MEDIANS`] × the median
+    /// interval between cuts, and at least [`GAP_MIN_US`]; µs.
+    pub fn gap_us(&self) -> u64 {
+        let mut d: Vec<u64> = self
+            .snapshots
+            .windows(2)
+            .map(|w| w[1].cut_at.saturating_sub(w[0].cut_at))
+            .collect();
+        d.sort_unstable();
+        percentile(&d, 50)
+            .unwrap_or(0)
+            .saturating_mul(GAP_MEDIANS)
+            .max(GAP_MIN_US)
+    }
+
+    /// The restarts inside the charts' time span, and how many fall outside it.
+    pub fn restarts_shown(&self) -> (Vec<&Restart>, usize) {
+        let (lo, hi) = self.x_span();
+        let (inside, outside): (Vec<&Restart>, Vec<&Restart>) = self
+            .restarts
+            .iter()
+            .partition(|r| (lo..=hi).contains(&secs(r.at)));
+        (inside, outside.len())
+    }
+
+    /// The shaded bands of every chart: the faults file's periods and instants, then the
+    /// restarts from the stores' start records.
+    pub(super) fn bands(&self) -> Vec<Band> {
+        let clock = |ms: u64| clock_time(ms as f64 / 1000.0, 1);
+        let mut bands: Vec<Band> = self
+            .faults
+            .iter()
+            .map(|f| {
+                let end = f.end_ms.unwrap_or(f.start_ms);
+                let who = if f.branches.is_empty() {
+                    "the cluster".to_string()
+                } else {
+                    f.branches.join(" | ")
+                };
+                let (class, color, legend) = match f.kind {
+                    FaultKind::Kill => ("fault kill", "#d62728", "killed until restarted"),
+                    FaultKind::Partition => {
+                        ("fault partition", "#ff7f0e", "partitioned until healed")
+                    }
+                    FaultKind::Restart => ("fault restart", "#2ca02c", "restart (faults file)"),
+                    FaultKind::Heal => ("fault heal", "#8c564b", "heal (faults file)"),
+                };
+                let title = if f.kind.is_period() {
+                    format!(
+                        "{} {who}: {} → {} ({:.1} s)",
+                        f.kind.name(),
+                        clock(f.start_ms),
+                        clock(end),
+                        end.saturating_sub(f.start_ms) as f64 / 1000.0
+                    )
+                } else {
+                    format!("{} {who} at {}", f.kind.name(), clock(f.start_ms))
+                };
+                Band {
+                    x0: f.start_ms as f64 / 1000.0,
+                    x1: end as f64 / 1000.0,
+                    class,
+                    color,
+                    legend,
+                    title,
+                }
+            })
+            .collect();
+        let (restarts, _) = self.restarts_shown();
+        bands.extend(restarts.into_iter().map(|r| Band {
+            x0: secs(r.at),
+            x1: secs(r.at),
+            class: "restart",
+            color: "#6a3d9a",
+            legend: "branch restarted (store)",
+            title: format!(
+                "{} started again (start {} of its store) at {}",
+                self.branches.get(r.branch).map_or("?", |s| s.as_str()),
+                r.n + 1,
+                clock_time(secs(r.at), 3)
+            ),
+        }));
+        bands
+    }
+
+    /// A chart over the page's time span, with its gaps and bands.
+    fn chart(
+        &self,
+        id: &'static str,
+        title: &'static str,
+        y_label: &'static str,
+        y_from_zero: bool,
+        series: Vec<Series>,
+    ) -> LineChart {
+        LineChart {
+            id,
+            title,
+            y_label,
+            y_from_zero,
+            y_log: false,
+            x_span: self.x_span(),
+            gap_s: Some(self.gap_us() as f64 / 1e6),
+            bands: self.bands(),
+            series,
+        }
     }
 
     /// Snapshots whose total differs from the expected total.
@@ -201,12 +377,13 @@ impl Report {
                     .filter_map(|s| {
                         let v = s.balances.get(b).copied().flatten()?;
                         Some(Point {
-                            x: s.id as f64,
+                            x: secs(s.cut_at),
                             y: v as f64,
                             bad: false,
                             title: format!(
-                                "{name}, snapshot {}: {}",
+                                "{name}, snapshot {} (cut {}): {}",
                                 s.id,
+                                clock_time(secs(s.cut_at), 3),
                                 group_digits(&v.to_string())
                             ),
                         })
@@ -214,23 +391,27 @@ impl Report {
                     .collect(),
             })
             .collect();
-        LineChart {
-            id: "chart-balances",
-            x_span: self.x_span(),
-            title: "Balance per branch",
-            y_label: "balance (units)",
-            y_from_zero: false,
+        self.chart(
+            "chart-balances",
+            "Balance per branch",
+            "balance (units)",
+            false,
             series,
-        }
+        )
     }
 
     /// The `chart-total` chart.
     pub(super) fn total_chart(&self) -> LineChart {
         let point = |s: &SnapshotFigures, v: u128, what: &str| Point {
-            x: s.id as f64,
+            x: secs(s.cut_at),
             y: v as f64,
             bad: !s.conserved(),
-            title: format!("snapshot {}: {what} {}", s.id, group_digits(&v.to_string())),
+            title: format!(
+                "snapshot {} (cut {}): {what} {}",
+                s.id,
+                clock_time(secs(s.cut_at), 3),
+                group_digits(&v.to_string())
+            ),
         };
         let total = Series {
             name: "total".into(),
@@ -257,23 +438,20 @@ impl Report {
                 })
                 .collect(),
         };
-        LineChart {
-            id: "chart-total",
-            x_span: self.x_span(),
-            title: "Total money per snapshot",
-            y_label: "total (units)",
-            y_from_zero: false,
-            series: vec![total, expected],
-        }
+        self.chart(
+            "chart-total",
+            "Total money per snapshot",
+            "total (units)",
+            false,
+            vec![total, expected],
+        )
     }
 
-    /// The `chart-durations` chart.
+    /// The `chart-durations` chart: each snapshot at its start, on a log axis (a linear one puts
+    /// p50 on the floor under one slow snapshot).
     pub(super) fn durations_chart(&self) -> LineChart {
         let st = self.duration_stats();
-        let (first, last) = (
-            self.snapshots[0].id,
-            self.snapshots[self.snapshots.len() - 1].id,
-        );
+        let (first, last) = self.x_span();
         let level = |name: &str, us: u64, color: &str| Series {
             name: format!("{name} {}", ms(us)),
             class: "reference",
@@ -282,74 +460,126 @@ impl Report {
             points: [first, last]
                 .iter()
                 .map(|&x| Point {
-                    x: x as f64,
+                    x,
                     y: us as f64 / 1000.0,
                     bad: false,
                     title: format!("{name} {}", ms(us)),
                 })
                 .collect(),
         };
+        let durations = Series {
+            name: "duration".into(),
+            class: "duration",
+            color: "#2ca02c".into(),
+            dashed: false,
+            points: self
+                .snapshots
+                .iter()
+                .map(|s| Point {
+                    x: secs(s.started_at),
+                    y: s.duration_us() as f64 / 1000.0,
+                    bad: false,
+                    title: format!(
+                        "snapshot {} (started {}): {}",
+                        s.id,
+                        clock_time(secs(s.started_at), 3),
+                        ms(s.duration_us())
+                    ),
+                })
+                .collect(),
+        };
         LineChart {
-            id: "chart-durations",
-            x_span: self.x_span(),
-            title: "Snapshot duration",
-            y_label: "duration (ms)",
-            y_from_zero: true,
-            series: vec![
-                Series {
-                    name: "duration".into(),
-                    class: "duration",
-                    color: "#2ca02c".into(),
-                    dashed: false,
-                    points: self
-                        .snapshots
-                        .iter()
-                        .map(|s| Point {
-                            x: s.id as f64,
-                            y: s.duration_us() as f64 / 1000.0,
-                            bad: false,
-                            title: format!("snapshot {}: {}", s.id, ms(s.duration_us())),
-                        })
-                        .collect(),
-                },
-                level("p50", st.p50_us, "#888"),
-                level("p99", st.p99_us, "#d62728"),
-            ],
+            y_log: true,
+            ..self.chart(
+                "chart-durations",
+                "Snapshot duration",
+                "duration (ms, log scale)",
+                false,
+                vec![
+                    durations,
+                    level("p50", st.p50_us, "#888"),
+                    level("p99", st.p99_us, "#d62728"),
+                ],
+            )
         }
+    }
+
+    /// The tooltip of a rate point.
+    fn rate_title(r: &Rate, who: &str, per_sec: f64) -> String {
+        format!(
+            "{who}, snapshots {}→{} (cuts {:.1} ms apart, to {}): {}/s",
+            r.from,
+            r.to,
+            r.interval_us as f64 / 1000.0,
+            clock_time(secs(r.at), 3),
+            group_digits(&format!("{per_sec:.0}"))
+        )
     }
 
     /// The `chart-rate` chart.
     pub(super) fn rate_chart(&self) -> LineChart {
-        LineChart {
-            id: "chart-rate",
-            x_span: self.x_span(),
-            title: "Transfer rate",
-            y_label: "transfers/s",
-            y_from_zero: true,
-            series: vec![Series {
-                name: "transfers/s".into(),
-                class: "rate",
-                color: "#9467bd".into(),
+        let series = Series {
+            name: "transfers/s".into(),
+            class: "rate",
+            color: "#9467bd".into(),
+            dashed: false,
+            points: self
+                .rates
+                .iter()
+                .map(|r| Point {
+                    x: secs(r.at),
+                    y: r.per_sec,
+                    bad: false,
+                    title: format!(
+                        "{} ({} transfers)",
+                        Self::rate_title(r, "all branches", r.per_sec),
+                        group_digits(&r.transfers.to_string())
+                    ),
+                })
+                .collect(),
+        };
+        self.chart(
+            "chart-rate",
+            "Transfer rate",
+            "transfers/s",
+            true,
+            vec![series],
+        )
+    }
+
+    /// The `chart-branch-rate` chart: a line per branch.
+    pub(super) fn branch_rate_chart(&self) -> LineChart {
+        let series = self
+            .branches
+            .iter()
+            .enumerate()
+            .map(|(b, name)| Series {
+                name: name.clone(),
+                class: "branch-rate",
+                color: color(b, self.branches.len()),
                 dashed: false,
                 points: self
                     .rates
                     .iter()
-                    .map(|r| Point {
-                        x: r.to as f64,
-                        y: r.per_sec,
-                        bad: false,
-                        title: format!(
-                            "snapshots {}→{}: {} transfers in {}: {}/s",
-                            r.from,
-                            r.to,
-                            group_digits(&r.transfers.to_string()),
-                            ms(r.interval_us),
-                            group_digits(&format!("{:.0}", r.per_sec))
-                        ),
+                    .filter_map(|r| {
+                        let v = r.per_branch.get(b).copied().flatten()?;
+                        Some(Point {
+                            x: secs(r.at),
+                            y: v,
+                            bad: false,
+                            title: Self::rate_title(r, name, v),
+                        })
                     })
                     .collect(),
-            }],
-        }
+            })
+            .collect();
+        self.chart(
+            "chart-branch-rate",
+            "Transfer rate per branch",
+            "transfers/s sent",
+            true,
+            series,
+        )
     }
 }
 
@@ -363,6 +593,25 @@ pub fn percentile(sorted: &[u64], p: u32) -> Option<u64> {
     Some(sorted[rank - 1])
 }
 
+/// Nearest-rank percentile `permille` (0..=1000) of histogram `buckets` (upper bound, count),
+/// ascending: the upper bound of the bucket holding that rank; `None` when they count nothing.
+pub(super) fn percentile_of_buckets(buckets: &[(u64, u64)], permille: u64) -> Option<u64> {
+    let n: u64 = buckets.iter().map(|b| b.1).sum();
+    if n == 0 {
+        return None;
+    }
+    let rank = permille
+        .min(1000)
+        .saturating_mul(n)
+        .div_ceil(1000)
+        .clamp(1, n);
+    let mut seen = 0;
+    buckets.iter().find_map(|&(bound, count)| {
+        seen += count;
+        (seen >= rank).then_some(bound)
+    })
+}
+
 /// Microseconds as milliseconds with one decimal ("4.1 ms").
 pub(super) fn ms(us: u64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
@@ -374,8 +623,8 @@ mod tests {
     use crate::report::fixtures::*;
 
     #[test]
-    fn rate_is_transfers_between_cuts_over_time_between_starts() {
-        // Ids with a gap, given out of order; each branch sends on 3 channels.
+    fn rate_is_transfers_between_cuts_over_time_between_cuts() {
+        // Ids with a gap, given out of order; each branch sends on 3 channels; cuts at start.
         let r = report(&[
             global(9, 3000, 5, &[1000; 4], 0, 150),
             global(5, 1000, 5, &[1000; 4], 0, 50),
@@ -386,14 +635,53 @@ mod tests {
             [5, 9, 10]
         );
         assert_eq!(r.snapshots[0].sent, 4 * 3 * 50);
+        assert_eq!(r.snapshots[0].sent_by, vec![Some(3 * 50); 4]);
         assert_eq!(r.rates.len(), 2);
         // (4·3·150 − 4·3·50) transfers in 2 s.
         assert_eq!((r.rates[0].from, r.rates[0].to), (5, 9));
         assert_eq!(r.rates[0].transfers, 1200);
         assert_eq!(r.rates[0].interval_us, 2_000_000);
+        assert_eq!(r.rates[0].at, r.snapshots[1].cut_at);
         assert!((r.rates[0].per_sec - 600.0).abs() < 1e-9);
+        // Per branch: 300 of them each.
+        assert_eq!(r.rates[0].per_branch, vec![Some(150.0); 4]);
         assert_eq!(r.rates[1].transfers, 0);
         assert_eq!(r.rates_skipped, 0);
+        let html = r.html();
+        assert_eq!(
+            svg(&html, "chart-branch-rate")
+                .matches("class=\"series branch-rate\"")
+                .count(),
+            4
+        );
+    }
+
+    #[test]
+    fn rate_of_two_snapshots_started_11_ms_apart_uses_their_cuts() {
+        // Snapshot 1 starts at 1000 ms and its branches record at 1004..1007 ms (mean 1005.5);
+        // snapshot 2 starts only 11 ms later, at 1011 ms, but its branches record at
+        // 1054..1057 ms (mean 1055.5): the cuts are 50 ms apart. 4 branches × 3 channels × 50
+        // more seqs = 600 transfers between the cuts.
+        let a = with_cuts(global(1, 1000, 2, &[1000; 4], 0, 100), 1004);
+        let b = with_cuts(global(2, 1011, 50, &[1000; 4], 0, 150), 1054);
+        let r = report(&[a, b]);
+        assert_eq!(
+            r.snapshots[1].cut_at - r.snapshots[0].cut_at,
+            50_000,
+            "mean of the parts' recorded_at"
+        );
+        assert_eq!(r.rates.len(), 1);
+        let rate = &r.rates[0];
+        assert_eq!(rate.transfers, 600);
+        assert_eq!(rate.interval_us, 50_000);
+        // Δtransfers / Δcut-time = 600 / 0.05 s; over the 11 ms between the starts it would
+        // have been 54,545/s, 4.5 times as much.
+        assert!((rate.per_sec - 12_000.0).abs() < 1e-6, "{}", rate.per_sec);
+        let by_starts = 600.0 / 0.011;
+        assert!(by_starts / rate.per_sec > 4.5);
+        for b in &rate.per_branch {
+            assert!((b.expect("every branch") - 3_000.0).abs() < 1e-6);
+        }
     }
 
     #[test]

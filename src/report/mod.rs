@@ -1,13 +1,21 @@
 //! `snapctl report`: one self-contained HTML page charting the completed global snapshots of a
-//! stopped cluster, read from the initiator's store.
+//! stopped cluster, read from the initiator's store, against wall-clock time.
 //!
-//! Four hand-written inline SVG line charts (no script, no external resource), all with the
-//! snapshot id on the x axis:
-//! - `chart-balances`: each branch's recorded balance (one `polyline.series.branch` per branch);
+//! Five hand-written inline SVG line charts (no script, no external resource), all over the same
+//! time span (x: UTC clock time; a line breaks where no snapshot completed for a while):
+//! - `chart-balances`: each branch's recorded balance at each cut (one `path.series.branch` per
+//!   branch);
 //! - `chart-total`: Σ (balance + money in flight towards the branch) against the expected total,
 //!   with a verdict: a flat line on the reference is the proof that money was conserved;
-//! - `chart-durations`: how long each snapshot took, with p50/p99/max;
-//! - `chart-rate`: transfers per second between consecutive completed snapshots.
+//! - `chart-durations`: how long each snapshot took, on a log axis, with p50/p99/max;
+//! - `chart-rate`: transfers per second between consecutive cuts (Δ Σ sent seqs / Δ cut time);
+//! - `chart-branch-rate`: the same per branch, a line each.
+//!
+//! Behind the lines every chart shades the same bands: `rect.band.restart` at each restart the
+//! stores' start records hold (`m:start`), and with `--faults FILE` a `rect.band.fault.<kind>`
+//! per entry of the fault timeline `tools/chaos` writes (`faults.rs`). With `--stats DIR` a table
+//! gives transfer latency from the branches' `--stats-file` JSON (`latency.rs`; the stores hold no
+//! per-transfer times).
 //!
 //! Every data point is a `circle.point` (when a chart has at most [`MARKERS_MAX`] of them), so a
 //! test can count them. Values are u64/u128; they are scaled in f64 for drawing only, tick
@@ -16,19 +24,24 @@
 //! Layout (each file calls only those after it):
 //! - this file: the entry points [`Report::from_cluster`], [`Report::new`], [`Report::html`]
 //!   and [`write_atomic`] (the page is written with [`crate::durable::write_atomic`]);
-//! - `page.rs`: the HTML page: summary, verdict, the charts with their captions, the table of
-//!   the last snapshot, the CSS;
+//! - `page.rs`: the HTML page: summary, verdict, the charts with their captions, the tables of
+//!   the last snapshot and of latency, the CSS;
 //! - `figures.rs`: what is computed from the snapshots: each one's figures, the rates, the
-//!   duration percentiles, the verdict and each chart's series;
-//! - `chart.rs`: drawing one line chart as SVG (axes, ticks, lines, markers, legend), knowing
-//!   nothing of snapshots.
+//!   duration percentiles, the verdict, the bands and each chart's series;
+//! - `faults.rs`, `latency.rs`: reading the fault timeline and the stats files;
+//! - `chart.rs`: drawing one line chart as SVG (time axis, linear or log y axis, bands, lines,
+//!   markers, legend), knowing nothing of snapshots.
 
 mod chart;
+mod faults;
 mod figures;
+mod latency;
 mod page;
 
 pub use chart::{LEGEND_MAX, MARKERS_MAX};
-pub use figures::{percentile, DurationStats, Rate, SnapshotFigures};
+pub use faults::{parse_faults, read_faults, Fault, FaultKind};
+pub use figures::{percentile, DurationStats, Rate, Restart, SnapshotFigures};
+pub use latency::{Latency, ProcessLatency};
 
 use crate::audit::{AuditError, Cluster};
 use crate::snapshot::GlobalSnapshot;
@@ -41,6 +54,9 @@ pub enum ReportError {
     Read(#[from] AuditError),
     #[error("no completed snapshots in {0}: nothing to chart (run the cluster until its initiator completes one)")]
     NoSnapshots(String),
+    /// The faults file or the stats directory: the message names it and the format.
+    #[error("{0}")]
+    Input(String),
     #[error("cannot write {path}: {source}")]
     Write {
         path: String,
@@ -64,6 +80,15 @@ pub struct Report {
     /// Consecutive pairs without a rate: no time passed or fewer transfers were counted at the
     /// later cut (as across a `snapctl restore`).
     pub rates_skipped: usize,
+    /// Every restart the stores' start records hold, in time order.
+    pub restarts: Vec<Restart>,
+    /// Whether any store predates the start records (its restarts cannot be shown).
+    pub restarts_unrecorded: bool,
+    /// The fault timeline (`--faults`), and the file it came from.
+    pub faults: Vec<Fault>,
+    pub faults_source: Option<String>,
+    /// Transfer latency from the branches' stats files (`--stats`).
+    pub latency: Option<Latency>,
 }
 
 impl Report {
@@ -73,9 +98,38 @@ impl Report {
         let initiator = c.identity.initiator().index();
         let store = c.initiator().path();
         let source = store.parent().unwrap_or(store).display().to_string();
-        Report::new(c.names.clone(), initiator, source, &globals).ok_or_else(|| {
-            ReportError::NoSnapshots(format!("the initiator's store {}", store.display()))
-        })
+        let mut report =
+            Report::new(c.names.clone(), initiator, source, &globals).ok_or_else(|| {
+                ReportError::NoSnapshots(format!("the initiator's store {}", store.display()))
+            })?;
+        for (branch, s) in c.stores.iter().enumerate() {
+            let starts = s.starts().map_err(AuditError::from)?;
+            // A store counted starts before it recorded them: the first record is not start 0.
+            if starts.first().is_some_and(|&(n, _)| n > 0) {
+                report.restarts_unrecorded = true;
+            }
+            report.restarts.extend(
+                starts
+                    .into_iter()
+                    .filter(|&(n, _)| n > 0)
+                    .map(|(n, at)| Restart { branch, n, at }),
+            );
+        }
+        report.restarts.sort_by_key(|r| (r.at, r.branch));
+        Ok(report)
+    }
+
+    /// The report with the fault timeline read from `path` (`--faults`).
+    pub fn with_faults(mut self, path: &Path) -> Result<Report, ReportError> {
+        self.faults = read_faults(path).map_err(ReportError::Input)?;
+        self.faults_source = Some(path.display().to_string());
+        Ok(self)
+    }
+
+    /// The report with transfer latency from the stats files in `dir` (`--stats`).
+    pub fn with_stats(mut self, dir: &Path) -> Result<Report, ReportError> {
+        self.latency = Some(Latency::read_dir(dir).map_err(ReportError::Input)?);
+        Ok(self)
     }
 
     /// The report of `globals` (in any order, any ids); `None` when there is none.
@@ -101,6 +155,11 @@ impl Report {
             snapshots,
             rates,
             rates_skipped,
+            restarts: Vec::new(),
+            restarts_unrecorded: false,
+            faults: Vec::new(),
+            faults_source: None,
+            latency: None,
         })
     }
 
@@ -148,7 +207,7 @@ mod fixtures {
             .map(|(b, &balance)| LocalPart {
                 snapshot: SnapshotId(id),
                 branch: BranchId(b as u16),
-                recorded_at: started_ms * 1000,
+                recorded_at: EPOCH_US + started_ms * 1000,
                 balance,
                 sent: (0..n)
                     .filter(|&p| p != b)
@@ -166,12 +225,23 @@ mod fixtures {
         let total = parts.iter().map(|p| p.money()).sum();
         GlobalSnapshot {
             snapshot: SnapshotId(id),
-            started_at: 1_700_000_000_000_000 + started_ms * 1000,
-            completed_at: 1_700_000_000_000_000 + (started_ms + took_ms) * 1000,
+            started_at: EPOCH_US + started_ms * 1000,
+            completed_at: EPOCH_US + (started_ms + took_ms) * 1000,
             expected_total: 4_000,
             total,
             parts,
         }
+    }
+
+    /// The fixtures' time 0: 2023-11-14T22:13:20Z, in Unix µs.
+    pub const EPOCH_US: u64 = 1_700_000_000_000_000;
+
+    /// `g` with branch `b` recording its part at `first_ms + b` (ms after [`EPOCH_US`]).
+    pub fn with_cuts(mut g: GlobalSnapshot, first_ms: u64) -> GlobalSnapshot {
+        for (b, p) in g.parts.iter_mut().enumerate() {
+            p.recorded_at = EPOCH_US + (first_ms + b as u64) * 1000;
+        }
+        g
     }
 
     pub fn names(n: usize) -> Vec<String> {

@@ -1,7 +1,9 @@
-//! The self-contained HTML page: summary, verdict, the four charts with their captions, the
-//! table of the last snapshot, inline CSS; no script and nothing loaded from elsewhere.
+//! The self-contained HTML page: summary, verdict, what is shaded, the five charts with their
+//! captions, the table of the last snapshot, transfer latency, inline CSS; no script and nothing
+//! loaded from elsewhere.
 
-use super::chart::{esc, group_digits};
+use super::chart::{clock_time, esc, group_digits};
+use super::faults::FaultKind;
 use super::figures::ms;
 use super::Report;
 use crate::types::Micros;
@@ -37,11 +39,17 @@ pub(super) fn html(r: &Report) -> String {
         if ok { "ok" } else { "bad" },
         esc(&capitalize(&r.verdict()))
     );
+    let _ = writeln!(
+        h,
+        "<p id=\"timeline\" class=\"timeline\">{}</p>",
+        esc(&timeline_text(r))
+    );
     let charts = [
         (r.balances_chart(), balances_caption(r)),
         (r.total_chart(), total_caption(r)),
         (r.durations_chart(), durations_caption(r)),
         (r.rate_chart(), rate_caption(r)),
+        (r.branch_rate_chart(), branch_rate_caption(r)),
     ];
     // One left margin for all, so that the plots line up.
     let left = charts
@@ -57,6 +65,7 @@ pub(super) fn html(r: &Report) -> String {
         );
     }
     section_last(r, &mut h);
+    section_latency(r, &mut h);
     let _ = writeln!(
         h,
         "<footer>Made by <code>snapctl report</code> from the stores under {}.</footer>",
@@ -103,11 +112,132 @@ fn section_last(r: &Report, h: &mut String) {
     );
 }
 
+/// What the x axis is and what the bands mean.
+fn timeline_text(r: &Report) -> String {
+    let mut t = format!(
+        "Every chart runs on UTC clock time; a line breaks where no snapshot completed for \
+         more than {:.1} s. ",
+        r.gap_us() as f64 / 1e6
+    );
+    match &r.faults_source {
+        Some(src) => {
+            let count = |k: FaultKind| r.faults.iter().filter(|f| f.kind == k).count();
+            let _ = write!(
+                t,
+                "Shaded from the fault timeline {src}: {} kills (red, until the restart), {} \
+                 partitions (orange, until the heal)",
+                count(FaultKind::Kill),
+                count(FaultKind::Partition)
+            );
+            let instants = count(FaultKind::Restart) + count(FaultKind::Heal);
+            if instants > 0 {
+                let _ = write!(t, ", {instants} restarts and heals (thin bands)");
+            }
+            t.push_str(". ");
+        }
+        None => t.push_str(
+            "No fault timeline given (snapctl report --faults FILE shades what tools/chaos did). ",
+        ),
+    }
+    let (shown, outside) = r.restarts_shown();
+    let _ = write!(
+        t,
+        "Purple lines: {} restart{} from the stores' start records",
+        shown.len(),
+        if shown.len() == 1 { "" } else { "s" }
+    );
+    if outside > 0 {
+        let _ = write!(t, " ({outside} more outside this time span)");
+    }
+    t.push('.');
+    if r.restarts_unrecorded {
+        t.push_str(
+            " Some stores counted starts before they recorded their times (older builds): \
+             those restarts are not drawn.",
+        );
+    }
+    t
+}
+
+/// Transfer latency from the stats files, or why there is none.
+fn section_latency(r: &Report, h: &mut String) {
+    h.push_str("<section>\n<h2>Transfer latency</h2>\n");
+    let Some(l) = &r.latency else {
+        h.push_str(
+            "<p id=\"latency\" class=\"caption\">Not shown: the stores hold no time per \
+             transfer (a debit and the acknowledgement covering it are committed without \
+             timestamps), so a stopped cluster's stores cannot tell latency. Run the branches \
+             with <code>bank --stats-file DIR/NAME.json</code> and give \
+             <code>snapctl report --stats DIR</code>.</p>\n</section>\n",
+        );
+        return;
+    };
+    let us = |v: u64| ms(v);
+    let _ = writeln!(
+        h,
+        "<table id=\"latency\">\n<tr><th>branch</th><th>process (file)</th><th>last written</th>\
+         <th>uptime</th><th>transfers measured</th><th>p50</th><th>p90</th><th>p99</th>\
+         <th>p99.9</th><th>max</th></tr>"
+    );
+    for p in &l.processes {
+        let q = &p.stats.latency_us;
+        // A process that measured nothing has no percentiles (its summary says 0).
+        let us = |v: u64| {
+            if q.count == 0 {
+                "–".to_string()
+            } else {
+                ms(v)
+            }
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>pid {} ({})</td><td>{}</td><td>{:.1} s</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.stats.branch),
+            p.stats.pid,
+            esc(&p.file),
+            p.written_at
+                .map_or("?".into(), |t| clock_time(t as f64 / 1e6, 1)),
+            p.stats.uptime_s,
+            group_digits(&q.count.to_string()),
+            us(q.p50),
+            us(q.p90),
+            us(q.p99),
+            us(q.p999),
+            us(q.max)
+        );
+    }
+    let merged = l.merged();
+    let cell = |i: usize| merged.map_or("–".to_string(), |m| us(m[i]));
+    let _ = writeln!(
+        h,
+        "<tr class=\"sum\"><td>all</td><td>{} files</td><td></td><td></td><td>{}</td><td>{}</td>\
+         <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n</table>",
+        l.processes.len(),
+        group_digits(&l.count().to_string()),
+        cell(0),
+        cell(1),
+        cell(2),
+        cell(3),
+        cell(4)
+    );
+    let _ = writeln!(
+        h,
+        "<p class=\"caption\">From a debit being durable to the acknowledgement that covers it, \
+         as each bank process measured it over its lifetime (one row per --stats-file in {}; a \
+         process killed with SIGKILL keeps what it last wrote, every --status-interval). The \
+         last row merges the histograms' buckets, so its percentiles are bucket upper bounds \
+         (2 significant digits).</p>\n</section>",
+        esc(&l.source)
+    );
+}
+
 /// The caption under `chart-balances`.
 fn balances_caption(r: &Report) -> String {
     let last = &r.snapshots[r.snapshots.len() - 1];
     format!(
-        "The balance each branch recorded at its cut of each completed snapshot. These \
+        "The balance each branch recorded at its cut of each completed snapshot, at the cut's \
+         time (the mean of the branches' recording times). These \
          lines alone need not add up to the total: money in flight on a channel at the cut \
          ({} units at snapshot {}) is recorded with the channel, in no balance. Balance \
          plus the money in flight towards each branch is what makes the total below flat.",
@@ -139,8 +269,9 @@ fn total_caption(r: &Report) -> String {
 fn durations_caption(r: &Report) -> String {
     let st = r.duration_stats();
     format!(
-        "From the initiator starting a snapshot to it holding every branch's part. Over {} \
-         snapshots: p50 {}, p99 {}, max {} (snapshot {}).",
+        "From the initiator starting a snapshot to it holding every branch's part, plotted at \
+         the start, on a logarithmic axis (each decade the same height, so p50 stays readable \
+         under the slowest). Over {} snapshots: p50 {}, p99 {}, max {} (snapshot {}).",
         r.snapshots.len(),
         ms(st.p50_us),
         ms(st.p99_us),
@@ -152,9 +283,11 @@ fn durations_caption(r: &Report) -> String {
 /// The caption under `chart-rate`.
 fn rate_caption(r: &Report) -> String {
     let mut text = String::from(
-        "Transfers sent by all branches between consecutive completed snapshots (the growth \
-         of Σ last sequence numbers on every channel at the cuts), divided by the time between \
-         the two snapshots' starts; plotted at the later snapshot. ",
+        "Transfers sent by all branches between the cuts of consecutive completed snapshots \
+         (the growth of Σ last sequence numbers on every outgoing channel at the cut) divided \
+         by the time between the two cuts (each cut's time: the mean of the times its parts \
+         were recorded), plotted at the later cut. The time between the snapshots' starts \
+         would overstate it when a snapshot starts right after a slow one. ",
     );
     if r.rates.is_empty() {
         text.push_str("No interval to measure: this needs two completed snapshots.");
@@ -184,6 +317,34 @@ fn rate_caption(r: &Report) -> String {
     text
 }
 
+/// The caption under `chart-branch-rate`.
+fn branch_rate_caption(r: &Report) -> String {
+    let mut text = String::from(
+        "The same rate per branch: the growth of Σ last sequence numbers on the branch's own \
+         outgoing channels between its parts of consecutive snapshots, over the time between \
+         the cuts. A branch that is down or cut off sends nothing and drops to 0.",
+    );
+    if let Some(slowest) = (0..r.branches.len())
+        .filter_map(|b| {
+            let v: Vec<f64> = r
+                .rates
+                .iter()
+                .filter_map(|q| q.per_branch.get(b).copied().flatten())
+                .collect();
+            (!v.is_empty()).then(|| (b, v.iter().sum::<f64>() / v.len() as f64))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+    {
+        let _ = write!(
+            text,
+            " Lowest mean: {} at {}/s.",
+            r.branches[slowest.0],
+            group_digits(&format!("{:.0}", slowest.1))
+        );
+    }
+    text
+}
+
 const CSS: &str = "\
 body{font-family:sans-serif;margin:24px;color:#222;max-width:1000px}
 h1{font-size:22px;margin:0 0 4px}
@@ -201,6 +362,11 @@ svg .tick{fill:#444}
 svg .title{font-size:15px;font-weight:bold;fill:#222}
 svg .axis-label{fill:#444}
 svg .series{fill:none;stroke-width:1.6;stroke-linejoin:round}
+svg .band{fill-opacity:.16}
+svg .band.restart,svg .band.fault.restart,svg .band.fault.heal{fill-opacity:.75}
+svg .swatch{fill-opacity:.35}
+.timeline{color:#444;font-size:13px;margin:8px 0 0;max-width:960px}
+code{font-size:12px}
 svg .series.reference{stroke-width:1.2;stroke-dasharray:6 4}
 svg .point.bad{fill:#d62728;stroke:#d62728}
 svg .no-data{fill:#888;font-size:14px}
@@ -226,11 +392,140 @@ fn rfc3339(us: Micros) -> String {
 #[cfg(test)]
 mod tests {
     use crate::report::fixtures::*;
-    use crate::report::LEGEND_MAX;
+    use crate::report::{parse_faults, Restart, LEGEND_MAX};
     use crate::snapshot::GlobalSnapshot;
 
+    /// The x tick labels of one chart.
+    fn x_ticks(svg: &str) -> Vec<&str> {
+        svg.split("<text class=\"tick x\"")
+            .skip(1)
+            .filter_map(|t| t.split_once('>')?.1.split_once('<').map(|l| l.0))
+            .collect()
+    }
+
+    /// Whether `l` is a clock time `HH:MM:SS` (maybe with decimals).
+    fn is_clock_time(l: &str) -> bool {
+        let b = l.as_bytes();
+        b.len() >= 8
+            && b[2] == b':'
+            && b[5] == b':'
+            && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
+            && (b.len() == 8 || (b[8] == b'.' && b[9..].iter().all(u8::is_ascii_digit)))
+    }
+
+    /// Snapshots every 200 ms for 10 s, none from 4 s to 8 s (an outage).
+    fn with_outage() -> Vec<GlobalSnapshot> {
+        (0..50u64)
+            .filter(|i| !(20..40).contains(i))
+            .map(|i| global(i + 1, i * 200, 5 + i % 7, &[1000; 4], 0, i * 10))
+            .collect()
+    }
+
     #[test]
-    fn html_has_four_charts_with_a_line_per_branch() {
+    fn the_x_axis_is_clock_time_and_an_outage_is_a_gap() {
+        let html = report(&with_outage()).html();
+        for id in [
+            "chart-balances",
+            "chart-total",
+            "chart-durations",
+            "chart-rate",
+            "chart-branch-rate",
+        ] {
+            let chart = svg(&html, id);
+            let ticks = x_ticks(chart);
+            assert!(ticks.len() >= 4, "{id}: {ticks:?}");
+            assert!(ticks.iter().all(|l| is_clock_time(l)), "{id}: {ticks:?}");
+            assert!(chart.contains("time (UTC) on 2023-11-14"), "{id}: the date");
+            assert!(!chart.contains("snapshot id"), "{id}");
+        }
+        // 22:13:20 + 0..10 s: whole seconds.
+        assert_eq!(x_ticks(svg(&html, "chart-total"))[0], "22:13:20");
+        // Each branch's line is two pieces: the outage is not bridged.
+        let balances = svg(&html, "chart-balances");
+        let d = balances
+            .split("class=\"series branch\"")
+            .nth(1)
+            .and_then(|p| p.split(" d=\"").nth(1))
+            .and_then(|p| p.split('"').next())
+            .expect("a path");
+        assert_eq!(d.matches('M').count(), 2, "{d}");
+        assert!(html.contains("more than 1.0 s"));
+    }
+
+    #[test]
+    fn durations_are_on_a_log_axis() {
+        let html = report(&with_outage()).html();
+        let chart = svg(&html, "chart-durations");
+        assert!(chart.contains("duration (ms, log scale)"));
+        // 5..11 ms: the decade ticks 1 and 10 and 100 with 2 and 5 between.
+        let y_ticks: Vec<&str> = chart
+            .split("<text class=\"tick y\"")
+            .skip(1)
+            .filter_map(|t| t.split_once('>')?.1.split_once('<').map(|l| l.0))
+            .collect();
+        assert_eq!(y_ticks, ["1", "2", "5", "10", "20", "50", "100"]);
+        assert!(html.contains("logarithmic axis"));
+    }
+
+    #[test]
+    fn restarts_and_faults_are_shaded_bands() {
+        let mut r = report(&with_outage());
+        // A restart of branch 2 at 5 s (in the outage), one long before the snapshots.
+        r.restarts = vec![
+            Restart {
+                branch: 2,
+                n: 1,
+                at: EPOCH_US - 3_600_000_000,
+            },
+            Restart {
+                branch: 2,
+                n: 2,
+                at: EPOCH_US + 5_000_000,
+            },
+        ];
+        let t = |ms: u64| 1_700_000_000_000 + ms;
+        r.faults = parse_faults(&format!(
+            "{{\"kind\":\"kill\",\"branches\":[\"127.0.0.1:8002\"],\"start_ms\":{},\"end_ms\":{}}}\n\
+             {{\"kind\":\"partition\",\"branches\":[\"127.0.0.1:8000\",\"127.0.0.1:8001\"],\"start_ms\":{},\"end_ms\":{}}}\n\
+             {{\"kind\":\"heal\",\"start_ms\":{}}}\n",
+            t(4000),
+            t(5000),
+            t(6000),
+            t(7500),
+            t(7500)
+        ))
+        .expect("faults");
+        r.faults_source = Some("faults.jsonl".into());
+        let html = r.html();
+        for id in ["chart-balances", "chart-durations", "chart-branch-rate"] {
+            let chart = svg(&html, id);
+            assert_eq!(chart.matches("class=\"band fault").count(), 3, "{id}");
+            assert_eq!(chart.matches("class=\"band fault kill\"").count(), 1);
+            assert_eq!(chart.matches("class=\"band fault partition\"").count(), 1);
+            assert_eq!(chart.matches("class=\"band restart\"").count(), 1, "{id}");
+            assert!(chart.contains("killed until restarted"), "{id}: legend");
+            assert!(chart.contains("kill 127.0.0.1:8002: 22:13:24.0 → 22:13:25.0 (1.0 s)"));
+        }
+        // The kill band spans 1 s of the 10 s axis: about a tenth of the plot's width.
+        let chart = svg(&html, "chart-total");
+        let kill = chart
+            .split("class=\"band fault kill\"")
+            .nth(1)
+            .expect("kill band");
+        let width: f64 = kill
+            .split("width=\"")
+            .nth(1)
+            .and_then(|w| w.split('"').next())
+            .and_then(|w| w.parse().ok())
+            .expect("width");
+        assert!((70.0..110.0).contains(&width), "{width}");
+        assert!(html.contains("1 kills (red, until the restart), 1 partitions"));
+        assert!(html.contains("Purple lines: 1 restart from the stores"));
+        assert!(html.contains("(1 more outside this time span)"));
+    }
+
+    #[test]
+    fn html_has_five_charts_with_a_line_per_branch() {
         let gs: Vec<GlobalSnapshot> = (0..5)
             .map(|i| {
                 global(
@@ -244,7 +539,7 @@ mod tests {
             })
             .collect();
         let html = report(&gs).html();
-        assert_eq!(html.matches("<svg ").count(), 4);
+        assert_eq!(html.matches("<svg ").count(), 5);
         let balances = svg(&html, "chart-balances");
         assert_eq!(balances.matches("class=\"series branch\"").count(), 4);
         assert_eq!(balances.matches("class=\"point\"").count(), 20);
@@ -274,7 +569,7 @@ mod tests {
     #[test]
     fn one_snapshot_still_renders() {
         let html = report(&[global(42, 0, 3, &[1000; 4], 0, 9)]).html();
-        assert_eq!(html.matches("<svg ").count(), 4);
+        assert_eq!(html.matches("<svg ").count(), 5);
         assert!(svg(&html, "chart-rate").contains("no data"));
         assert!(html.contains("this needs two completed snapshots"));
         assert!(!html.contains("NaN") && !html.contains("inf"));

@@ -8,6 +8,7 @@
 //! | `m:schema`                   | schema version (u32)           |
 //! | `m:identity`                 | [`Identity`]                   |
 //! | `m:starts`                   | times `bank` started a branch on this store (u64); absent: 0 |
+//! | `m:start` n(u64 BE)          | when start `n` (0: the first) happened, Unix µs (u64); written with `m:starts`, the latest [`START_RECORDS_MAX`] kept; absent in stores started only by older builds |
 //! | `m:restoring`                | while `snapctl restore` rewrites the cluster: the snapshot it restores (u64); no branch starts on the store |
 //! | `s`                          | [`DurableState`]               |
 //! | `r` peer(u16 BE) first(u64 BE) | a run of outgoing transfers `first, first+1, …`: their amounts; compacted once acknowledged and before the latest completed snapshot's cut |
@@ -44,6 +45,12 @@ pub(crate) const KEY_UPGRADING: &[u8] = b"m:upgrading";
 const KEY_IDENTITY: &[u8] = b"m:identity";
 /// How many times `bank` started a branch on this store (u64; absent in a store never started).
 const KEY_STARTS: &[u8] = b"m:starts";
+/// Prefix of the per-start records: `m:start` + start number (u64 BE) → Unix µs (u64).
+/// `m:starts` sorts among them (`s` is 0x73); [`BankStore::starts`] skips it by its length.
+const KEY_START_PREFIX: &[u8] = b"m:start";
+/// Start records kept per store (the latest): a branch restarting in a loop does not grow its
+/// store without bound.
+pub const START_RECORDS_MAX: u64 = 4096;
 /// Present while `snapctl restore` rewrites the cluster: the snapshot it restores (u64). No
 /// branch starts on a store that has it (see `crate::restore`).
 const KEY_RESTORING: &[u8] = b"m:restoring";
@@ -274,6 +281,13 @@ fn key_collected(k: SnapshotId, b: BranchId) -> [u8; 11] {
     key[0] = b'c';
     key[1..9].copy_from_slice(&k.0.to_be_bytes());
     key[9..11].copy_from_slice(&b.0.to_be_bytes());
+    key
+}
+
+/// Key of the record of start `n`: `m:start` + `n` (u64 BE).
+fn key_start(n: u64) -> Vec<u8> {
+    let mut key = KEY_START_PREFIX.to_vec();
+    key.extend_from_slice(&n.to_be_bytes());
     key
 }
 
@@ -741,19 +755,70 @@ impl<K: Kv> BankStore<K> {
     }
 
     /// Records, durably, that `bank` starts a branch on this store, and returns how many times
-    /// it had done so before (0 at the first start): the `snapbank_restarts_total` metric.
+    /// it had done so before (0 at the first start): the `snapbank_restarts_total` metric. The
+    /// same commit records when (the wall clock now, see [`BankStore::count_start_at`]).
     pub fn count_start(&mut self) -> Result<u64, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.count_start_at(now)
+    }
+
+    /// [`BankStore::count_start`] at `now_us` (Unix µs): in one atomic, durable batch, the
+    /// count `m:starts` goes up by one and the record `m:start` + (count before) holds `now_us`;
+    /// the record [`START_RECORDS_MAX`] starts older is deleted.
+    pub fn count_start_at(&mut self, now_us: u64) -> Result<u64, StoreError> {
         let before: u64 = match self.kv.get(KEY_STARTS).map_err(|e| self.kv_error(e))? {
             Some(bytes) => decode(&self.path, "start count", &bytes)?,
             None => 0,
         };
-        self.kv
-            .apply(
-                vec![Op::Put(KEY_STARTS.to_vec(), enc(&before.saturating_add(1)))],
-                true,
-            )
-            .map_err(|e| self.kv_error(e))?;
+        let mut ops = vec![
+            Op::Put(KEY_STARTS.to_vec(), enc(&before.saturating_add(1))),
+            Op::Put(key_start(before), enc(&now_us)),
+        ];
+        if let Some(old) = before.checked_sub(START_RECORDS_MAX) {
+            ops.push(Op::Del(key_start(old)));
+        }
+        self.kv.apply(ops, true).map_err(|e| self.kv_error(e))?;
         Ok(before)
+    }
+
+    /// The start records, oldest first: (start number, 0 being the store's first start; Unix
+    /// µs). Empty for a store whose branches were started only by builds before the records.
+    pub fn starts(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut bad = None;
+        let from = key_start(0);
+        let to = key_start(u64::MAX);
+        self.kv
+            .for_range(&from, &to, &mut |k, v| {
+                if k == KEY_STARTS {
+                    return Ok(());
+                }
+                let n = k
+                    .get(KEY_START_PREFIX.len()..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes);
+                match (n, ciborium::from_reader::<u64, _>(v)) {
+                    (Some(n), Ok(us)) => out.push((n, us)),
+                    (_, e) => {
+                        bad = Some(format!(
+                            "undecodable start record {k:?}: {}",
+                            e.err().map_or("bad key".into(), |e| e.to_string())
+                        ));
+                        return Err(KvError::Corrupt("start record".into()));
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| match bad.take() {
+                Some(what) => StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what,
+                },
+                None => self.kv_error(e),
+            })?;
+        Ok(out)
     }
 
     /// The snapshot an unfinished `snapctl restore` is restoring this store to, if any.
@@ -871,6 +936,34 @@ mod tests {
                 .map(|b| decode::<u64>(s.path(), "n", &b).unwrap()),
             Some(3)
         );
+        // Each start left its record, with a wall-clock time, in the same commit.
+        let starts = s.starts().unwrap();
+        assert_eq!(starts.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(starts.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(starts[0].1 > 1_600_000_000_000_000, "Unix µs: {starts:?}");
+    }
+
+    #[test]
+    fn start_records_keep_their_times_and_only_the_latest() {
+        let mut s = MemStore::new_mem(&identity(1));
+        assert_eq!(s.starts().unwrap(), [], "never started: no record");
+        // A store whose earlier starts were counted by a build without the records.
+        s.kv.apply(vec![Op::Put(KEY_STARTS.to_vec(), enc(&5u64))], true)
+            .unwrap();
+        assert_eq!(s.count_start_at(1_700_000_000_000_000).unwrap(), 5);
+        assert_eq!(s.starts().unwrap(), [(5, 1_700_000_000_000_000)]);
+        for i in 0..START_RECORDS_MAX + 2 {
+            s.count_start_at(1_700_000_000_000_001 + i).unwrap();
+        }
+        let starts = s.starts().unwrap();
+        assert_eq!(starts.len() as u64, START_RECORDS_MAX);
+        assert_eq!(starts[0].0, 5 + 3, "the oldest went first");
+        assert_eq!(starts.last().map(|s| s.0), Some(5 + START_RECORDS_MAX + 2));
+        // A corrupt record is a corrupt store, named.
+        s.kv.apply(vec![Op::Put(key_start(1), b"\xff".to_vec())], true)
+            .unwrap();
+        let e = s.starts().unwrap_err();
+        assert!(e.to_string().contains("undecodable start record"), "{e}");
     }
 
     #[test]

@@ -9,8 +9,11 @@ use std::process::Command;
 #[test]
 fn a_minute_of_chaos_loses_and_creates_nothing() {
     let partitions = snapbank_testkit::fault_tools_available("chaos partitions");
+    let faults =
+        std::env::temp_dir().join(format!("chaos-test-faults-{}.jsonl", std::process::id()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chaos"));
-    cmd.args(["--duration", "60s", "--branches", "4"]);
+    cmd.args(["--duration", "60s", "--branches", "4", "--faults"])
+        .arg(&faults);
     if !partitions {
         cmd.arg("--no-partitions");
     }
@@ -36,5 +39,20 @@ fn a_minute_of_chaos_loses_and_creates_nothing() {
     assert!(
         kills >= 10,
         "a minute of chaos kills at least 10 times: {stdout}"
+    );
+    // The fault timeline `snapctl report --faults` shades: a line per kill, each a period.
+    let text = std::fs::read_to_string(&faults).expect("the faults file");
+    let _ = std::fs::remove_file(&faults);
+    let timeline = snapbank::report::parse_faults(&text).expect("a valid fault timeline");
+    let killed: Vec<_> = timeline
+        .iter()
+        .filter(|f| f.kind == snapbank::report::FaultKind::Kill)
+        .collect();
+    assert_eq!(killed.len() as u64, kills, "{text}");
+    assert!(
+        killed
+            .iter()
+            .all(|f| f.branches.len() == 1 && f.end_ms.is_some_and(|e| e >= f.start_ms)),
+        "{text}"
     );
 }
