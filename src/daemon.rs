@@ -44,8 +44,13 @@ struct Args {
     snapshot_phases: Option<Duration>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (off by default;
     /// anyone who reaches ADDR can read them: prefer a loopback or private address).
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::cli::parse_host_port)]
     metrics: Option<SocketAddr>,
+}
+
+/// `bank`'s command line, for its man page (`snapctl man`).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
 }
 
 /// Runs `bank` with these arguments (the first is the program name).
@@ -56,8 +61,8 @@ where
 {
     let started = Instant::now();
     let args = Args::parse_from(argv);
-    if let Err(e) = init_logging(args.flags.log_level.as_deref()) {
-        eprintln!("bank: error: {e}");
+    if let Err(e) = init_logging(&args.flags, &args.branch) {
+        crate::cli::write_stderr(&format!("bank: error: {e}"));
         return ExitCode::from(2);
     }
     match run(args, started) {

@@ -47,8 +47,24 @@ const AS_BANK: &str = "__bank";
 
 fn main() -> ExitCode {
     let mut argv = std::env::args_os();
-    if argv.nth(1).is_some_and(|a| a == AS_BANK) {
-        return snapbank::daemon::main(std::iter::once("bank".into()).chain(argv));
+    match argv.nth(1) {
+        Some(a) if a == AS_BANK => {
+            return snapbank::daemon::main(std::iter::once("bank".into()).chain(argv))
+        }
+        // Hidden: this program's man page, for `snapctl man --dir DIR`.
+        Some(a) if a == snapbank::cli::MAN_PAGE_FLAG => {
+            return match snapbank::cli::man_page(<Args as clap::CommandFactory>::command()) {
+                Ok(page) => {
+                    snapbank::out!("{}", String::from_utf8_lossy(&page));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    snapbank::cli::write_stderr(&format!("start_bank: error: man page: {e}"));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -226,7 +242,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ExitCode::FAILURE
     };
     if args.run_for.is_some() && mine.len() < hosts.len() {
-        println!(
+        snapbank::outln!(
             "start_bank: {} of {} branches live on other hosts; once every host has stopped, run \
              `snapctl audit` where all the stores are",
             hosts.len() - mine.len(),
@@ -235,7 +251,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else if args.run_for.is_some() {
         match audit(&args.data.data_dir, Some(&hosts)) {
             Ok(report) => {
-                println!("{}", format_audit(&report));
+                snapbank::outln!("{}", format_audit(&report));
                 if !report.consistent {
                     code = ExitCode::FAILURE;
                 }
