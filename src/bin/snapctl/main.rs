@@ -132,18 +132,19 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(f) => {
+            // Under --json, the document's place on stdout holds the error; the usual line
+            // stays on stderr for people and for scripts that read it there.
             if json {
                 shared::print_json_error(&f.message, f.code);
-            } else {
-                snapbank::cli::write_stderr(&format!("snapctl: error: {}", f.message));
             }
+            snapbank::cli::write_stderr(&format!("snapctl: error: {}", f.message));
             ExitCode::from(f.code)
         }
     }
 }
 
 /// A command line clap refuses: its message as usual (help and --version are printed, exit 0),
-/// or, when `--json` was asked for, as a JSON error; exit 2 either way.
+/// and, when `--json` was asked for, a JSON error on stdout too.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     let asked_json = std::env::args_os()
@@ -161,7 +162,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let first = text.lines().next().unwrap_or("bad command line");
         let first = first.strip_prefix("error: ").unwrap_or(first);
         shared::print_json_error(first, 2);
-        return ExitCode::from(2);
     }
     // clap prints it (ignoring a closed pipe) with its own exit code.
     let _ = e.print();

@@ -58,7 +58,7 @@ pub struct Live {
     pub key: KeyArgs,
     #[command(flatten)]
     pub from: From,
-    /// One JSON document instead of a table (errors too: `{"error": …}` on stdout).
+    /// One JSON document instead of a table (a failure too: `{"error": …}` on stdout).
     #[arg(long)]
     pub json: bool,
 }
@@ -122,7 +122,8 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
 }
 
 /// Under `--json`, a failure: `{"error": "…", "exit_code": N}` on stdout (one line), where the
-/// document would have been; the exit code is the same as without `--json`.
+/// document would have been (the usual line goes to stderr as well); the exit code is the same
+/// as without `--json`.
 pub fn print_json_error(message: &str, code: u8) {
     let doc = serde_json::json!({ "error": message, "exit_code": code });
     snapbank::outln!("{doc}");
