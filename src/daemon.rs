@@ -33,12 +33,17 @@ const REDIAL_MAX: Duration = Duration::from_secs(2);
 /// Run one branch of a snapbank cluster: move money to the other branches exactly once, durably,
 /// and take part in Chandy–Lamport snapshots.
 #[derive(Parser, Debug)]
-#[command(name = "bank", version)]
+#[command(name = "bank", version = crate::cli::VERSION)]
 struct Args {
     /// This branch's address as written in host.list, e.g. 127.0.0.1:8000 or [::1]:8000.
     branch: String,
     /// The cluster's branch list.
-    #[arg(long, default_value = "host.list", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "SNAPBANK_HOSTS",
+        default_value = "host.list",
+        value_name = "FILE"
+    )]
     hosts: PathBuf,
     #[command(flatten)]
     data: DataDir,
@@ -56,8 +61,13 @@ struct Args {
     snapshot_phases: Option<Duration>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (off by default;
     /// anyone who reaches ADDR can read them: prefer a loopback or private address).
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::cli::parse_host_port)]
     metrics: Option<SocketAddr>,
+}
+
+/// `bank`'s command line, for its man page (`snapctl man`).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
 }
 
 /// Runs `bank` with these arguments (the first is the program name).
@@ -68,14 +78,14 @@ where
 {
     let started = Instant::now();
     let args = Args::parse_from(argv);
-    if let Err(e) = init_logging(args.flags.log_level.as_deref()) {
-        eprintln!("bank: error: {e}");
+    if let Err(e) = init_logging(&args.flags, &args.branch) {
+        crate::cli::write_stderr(&format!("bank: error: {e}"));
         return ExitCode::from(2);
     }
     match run(args, started) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bank: error: {}", error_line(&e));
+            crate::cli::write_stderr(&format!("bank: error: {}", error_line(&e)));
             ExitCode::FAILURE
         }
     }

@@ -55,7 +55,17 @@ fn status_and_snapshot_ask_a_running_cluster() {
     for (i, b) in branches.iter().enumerate() {
         assert_eq!(b["branch"], c.addr(i));
         let s = &b["status"];
-        assert_eq!(s["branch"], i as u64);
+        // Branches by address, everywhere in the document.
+        assert_eq!(s["branch"], c.addr(i));
+        let peers: Vec<serde_json::Value> = (0..4)
+            .filter(|&j| j != i)
+            .map(|j| c.addr(j).into())
+            .collect();
+        let mut links = s["links_up"].as_array().cloned().unwrap_or_default();
+        links.sort_by_key(|v| v.to_string());
+        let mut sorted = peers.clone();
+        sorted.sort_by_key(|v| v.to_string());
+        assert_eq!(links, sorted, "{s}");
         assert_eq!(s["initiator"], i == 0);
         assert_eq!(s["restarts"], 0, "{s}");
         assert!(s["uptime_ms"].as_u64().unwrap_or(0) > 0, "{s}");
@@ -88,6 +98,8 @@ fn status_and_snapshot_ask_a_running_cluster() {
     );
     let v = json(&out);
     assert_eq!(v["conserved"], true, "{v}");
+    assert!(v["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{v}");
+    assert!(v.get("duration_us").is_none(), "one unit convention: {v}");
     assert_eq!(v["total"], 4_000_000, "{v}");
     assert!(v["snapshot"].as_u64().unwrap_or(0) > before, "{v}");
     let human = c.snapctl(&["snapshot"]);
@@ -161,9 +173,55 @@ fn status_and_snapshot_ask_a_running_cluster() {
     assert!(text.contains("0 of 4 branches answered"), "{text}");
     assert!(c.wait_log(1, Duration::from_secs(5), |l| l
         .contains("failed authentication")));
+    // The refusal names the operator, not its sentinel id.
+    let log = c.log(1);
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("failed authentication"))
+        .unwrap_or_default();
+    assert!(
+        refusal.contains("an operator (snapctl)") && !refusal.contains("65535"),
+        "{refusal}"
+    );
     let out = c.snapctl(&["status", "--insecure", "--timeout", "2s"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 of 4 branches answered"));
+    // One branch by host name, resolved and found in host.list.
+    let port = c.addr(3).rsplit(':').next().unwrap_or_default().to_string();
+    let out = c.snapctl(&[
+        "status",
+        &format!("localhost:{port}"),
+        "--from",
+        "127.0.0.1",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&c.addr(3)) && text.contains("1 of 1 branches answered"),
+        "{text}"
+    );
+    let out = c.snapctl(&["status", "localhost:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("localhost:1") && err.contains("not a branch of host.list"),
+        "{err}"
+    );
+    // From an address host.list does not list: told at once, with the way out; the branch
+    // logs the refusal at info.
+    let out = c.snapctl(&["status", "--from", "127.0.0.2", "--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("connects from 127.0.0.2") && text.contains("--from"),
+        "{text}"
+    );
+    assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
+    assert!(c.wait_log(2, Duration::from_secs(5), |l| l
+        .lines()
+        .any(|l| l.contains(" INFO ")
+            && l.contains("127.0.0.2")
+            && l.contains("not an address of host.list"))));
     // A key file that is not there is a one-line error, exit 2.
     let missing = c.snapctl(&["status", "--key", "/nonexistent/cluster.key"]);
     assert_eq!(missing.status.code(), Some(2));

@@ -10,7 +10,7 @@ use clap::Parser;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use snapbank::audit::audit;
-use snapbank::cli::{error_line, format_audit, BranchFlags, DataDir, KeyArgs};
+use snapbank::cli::{error_line, format_audit, write_stderr, BranchFlags, DataDir, KeyArgs};
 use snapbank::hosts::HostList;
 use snapbank::restore::refuse_if_unfinished;
 use snapbank::secure::ClusterKey;
@@ -35,12 +35,17 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 /// Ctrl-C/SIGTERM to them and exit when they have. Flags after IP that start_bank does not take
 /// itself are the `bank` flags, passed to every branch.
 #[derive(Parser, Debug)]
-#[command(name = "start_bank", version)]
+#[command(name = "start_bank", version = snapbank::cli::VERSION)]
 struct Args {
     /// The IP address whose branches to start.
     ip: IpAddr,
     /// The cluster's branch list.
-    #[arg(long, default_value = "host.list", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "SNAPBANK_HOSTS",
+        default_value = "host.list",
+        value_name = "FILE"
+    )]
     hosts: PathBuf,
     #[command(flatten)]
     data: DataDir,
@@ -51,7 +56,7 @@ struct Args {
     run_for: Option<Duration>,
     /// Serve each branch's Prometheus metrics (`bank --metrics`): the branch at position i of
     /// host.list (the first is 0) at IP:PORT+i. Off by default.
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "IP:PORT", value_parser = snapbank::cli::parse_host_port)]
     metrics_base: Option<SocketAddr>,
     /// Start a branch that crashed (exited non-zero, or was killed by a signal start_bank did not
     /// send) again, after 100 ms, then twice as long at each further crash up to 10 s (back to
@@ -72,8 +77,24 @@ const AS_BANK: &str = "__bank";
 
 fn main() -> ExitCode {
     let mut argv = std::env::args_os();
-    if argv.nth(1).is_some_and(|a| a == AS_BANK) {
-        return snapbank::daemon::main(std::iter::once("bank".into()).chain(argv));
+    match argv.nth(1) {
+        Some(a) if a == AS_BANK => {
+            return snapbank::daemon::main(std::iter::once("bank".into()).chain(argv))
+        }
+        // Hidden: this program's man page, for `snapctl man --dir DIR`.
+        Some(a) if a == snapbank::cli::MAN_PAGE_FLAG => {
+            return match snapbank::cli::man_page(<Args as clap::CommandFactory>::command()) {
+                Ok(page) => {
+                    snapbank::out!("{}", String::from_utf8_lossy(&page));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    snapbank::cli::write_stderr(&format!("start_bank: error: man page: {e}"));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -82,14 +103,14 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("start_bank: error: cannot start runtime: {e}");
+            write_stderr(&format!("start_bank: error: cannot start runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("start_bank: error: {}", error_line(&e));
+            write_stderr(&format!("start_bank: error: {}", error_line(&e)));
             ExitCode::FAILURE
         }
     }
@@ -181,6 +202,8 @@ impl Launcher {
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let hosts = HostList::load(&args.hosts)?;
+    // A bad --log-level or RUST_LOG is one line here, not one per branch.
+    snapbank::cli::log_filter(args.flags.log_level.as_deref()).map_err(anyhow::Error::msg)?;
     let mine = hosts.on_ip(args.ip);
     if mine.is_empty() {
         anyhow::bail!(
@@ -205,10 +228,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let path = args.key.path(&args.data);
         let (key, created) = ClusterKey::load_or_create(&path, &hosts)?;
         if created {
-            eprintln!(
+            write_stderr(&format!(
                 "start_bank: wrote a new cluster key to {} (mode 0600); copy it to every host of the cluster, like host.list",
                 path.display()
-            );
+            ));
         }
         // Refuse here, once, rather than in every branch.
         for id in &mine {
@@ -265,10 +288,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             bank_args.push(at.to_string().into());
         }
         let child = launcher.spawn(&addr, &bank_args)?;
-        eprintln!(
+        write_stderr(&format!(
             "start_bank: started bank {addr} (pid {})",
             child.id().unwrap_or(0)
-        );
+        ));
         branches.push(Branch {
             addr,
             args: bank_args,
@@ -293,11 +316,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ = int.recv() => Some(Signal::SIGINT),
             _ = term.recv() => Some(Signal::SIGTERM),
             _ = hup.recv() => {
-                eprintln!("start_bank: SIGHUP ignored: nothing to reload (SIGTERM or Ctrl-C stops the branches)");
+                write_stderr("start_bank: SIGHUP ignored: nothing to reload (SIGTERM or Ctrl-C stops the branches)");
                 None
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && !stopping => {
-                eprintln!("start_bank: {} elapsed, stopping the branches", humantime::format_duration(args.run_for.unwrap_or_default()));
+                write_stderr(&format!("start_bank: {} elapsed, stopping the branches", humantime::format_duration(args.run_for.unwrap_or_default())));
                 Some(Signal::SIGTERM)
             }
         };
@@ -312,13 +335,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if kill_at.is_some_and(|at| Instant::now() >= at) {
             for b in &mut branches {
                 if let (Some(pid), false) = (b.pid(), b.killed) {
-                    eprintln!(
+                    write_stderr(&format!(
                         "start_bank: bank {} still running {} after the stop signal (--settle {} + --stop-grace {}); killing it (SIGKILL)",
                         b.addr,
                         humantime::format_duration(stop_time),
                         humantime::format_duration(args.flags.settle),
                         humantime::format_duration(args.stop_grace)
-                    );
+                    ));
                     let _ = kill(pid, Signal::SIGKILL);
                     b.killed = true;
                 }
@@ -330,11 +353,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .filter(|b| !b.status().is_some_and(|s| s.success()))
         .collect();
     for b in &failed {
-        eprintln!(
+        write_stderr(&format!(
             "start_bank: bank {} failed ({})",
             b.addr,
             b.status().map_or("unknown".to_string(), |s| s.to_string())
-        );
+        ));
     }
     let mut code = if failed.is_empty() {
         ExitCode::SUCCESS
@@ -342,7 +365,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ExitCode::FAILURE
     };
     if args.run_for.is_some() && mine.len() < hosts.len() {
-        println!(
+        snapbank::outln!(
             "start_bank: {} of {} branches live on other hosts; once every host has stopped, run \
              `snapctl audit` where all the stores are",
             hosts.len() - mine.len(),
@@ -351,13 +374,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else if args.run_for.is_some() {
         match audit(&args.data.data_dir, Some(&hosts)) {
             Ok(report) => {
-                println!("{}", format_audit(&report));
+                snapbank::outln!("{}", format_audit(&report));
                 if !report.consistent {
                     code = ExitCode::FAILURE;
                 }
             }
             Err(e) => {
-                eprintln!("start_bank: error: audit: {e}");
+                write_stderr(&format!("start_bank: error: audit: {e}"));
                 code = ExitCode::from(2);
             }
         }
@@ -389,7 +412,7 @@ fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
                 return;
             };
             if !stopping || !st.success() {
-                eprintln!("start_bank: bank {} exited: {st}", b.addr);
+                write_stderr(&format!("start_bank: bank {} exited: {st}", b.addr));
             }
             if restart && !stopping && crashed(st) {
                 if b.started.elapsed() >= RUN_STABLE_AFTER {
@@ -397,11 +420,11 @@ fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
                 }
                 let delay = b.restart_delay;
                 b.restart_delay = (delay * 2).min(RESTART_DELAY_MAX);
-                eprintln!(
+                write_stderr(&format!(
                     "start_bank: restarting bank {} in {} (--restart)",
                     b.addr,
                     humantime::format_duration(delay)
-                );
+                ));
                 b.state = State::Restarting {
                     at: Instant::now() + delay,
                     crashed: st,
@@ -415,21 +438,21 @@ fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
             let crashed = *crashed;
             match launcher.spawn(&b.addr, &b.args) {
                 Ok(child) => {
-                    eprintln!(
+                    write_stderr(&format!(
                         "start_bank: restarted bank {} (pid {})",
                         b.addr,
                         child.id().unwrap_or(0)
-                    );
+                    ));
                     b.state = State::Running(child);
                     b.started = Instant::now();
                 }
                 Err(e) => {
                     let delay = b.restart_delay;
                     b.restart_delay = (delay * 2).min(RESTART_DELAY_MAX);
-                    eprintln!(
+                    write_stderr(&format!(
                         "start_bank: error: {e}; trying again in {}",
                         humantime::format_duration(delay)
-                    );
+                    ));
                     b.state = State::Restarting {
                         at: Instant::now() + delay,
                         crashed,

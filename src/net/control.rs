@@ -6,6 +6,12 @@
 //! cluster's pre-shared key. Then `Request` frames go one way and `Reply` frames the other. The
 //! branch's core answers in its own loop (see `Event::Control`), so the reply is a consistent
 //! view of one step.
+//!
+//! A branch answers operators only from the IPs of host.list (its listener closes other
+//! connections before any handshake, see [`refused_stranger`]). An operator on a host with
+//! several addresses picks one that host.list lists with [`Operator::from`] (`snapctl --from
+//! IP`); one whose connection leaves from an address host.list does not list is told so at
+//! once, naming that address, instead of waiting for an answer that cannot come.
 
 use super::handshake::{read_handshake_message, with_length, HandshakeError};
 use super::{Event, Inbox};
@@ -19,14 +25,16 @@ use crate::wire::{
     BranchStatus, Message, MessageCodec, RangeSum, Reply, Request, Retention, FRAME_BYTES_MAX,
 };
 use futures::{SinkExt, StreamExt};
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// How an operator reaches the branches of a cluster.
 #[derive(Clone, Debug)]
@@ -34,6 +42,8 @@ pub struct Operator {
     pub hosts: HostList,
     /// The cluster's keys; `None` when the cluster runs `--insecure`.
     pub keys: Option<OperatorKeys>,
+    /// The local address to connect from (`None`: the one the system picks).
+    pub from: Option<IpAddr>,
 }
 
 /// Why a request to a branch failed.
@@ -45,6 +55,8 @@ pub enum ControlError {
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("{addr}: {why}")]
     Refused { addr: SocketAddr, why: String },
+    #[error("{addr}: this host connects from {from}, which host.list does not list, and branches answer operators only from the IPs of host.list: pass --from with an address of this host that host.list lists, or run snapctl on a host of the cluster")]
+    Stranger { addr: SocketAddr, from: IpAddr },
 }
 
 /// Sends `req` to branch `to` and waits (at most `timeout` in all) for its reply.
@@ -68,12 +80,16 @@ async fn exchange(
     req: Request,
 ) -> Result<Reply, ControlError> {
     let refused = |why: String| ControlError::Refused { addr, why };
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| ControlError::Connect {
-            addr,
-            why: e.to_string(),
-        })?;
+    let mut stream = connect(addr, op.from).await?;
+    // The branch would close a connection from anywhere else without a word.
+    if let Ok(local) = stream.local_addr() {
+        if !op.hosts.branches.iter().any(|b| b.ip() == local.ip()) {
+            return Err(ControlError::Stranger {
+                addr,
+                from: local.ip(),
+            });
+        }
+    }
     let _ = stream.set_nodelay(true);
     // The operator does not know the cluster id (it depends on the initial balance); the
     // pre-shared key is what proves it belongs to this cluster.
@@ -125,6 +141,74 @@ async fn exchange(
         )),
     }
 }
+
+/// Connects to `addr`, from `from` if given.
+async fn connect(addr: SocketAddr, from: Option<IpAddr>) -> Result<TcpStream, ControlError> {
+    let failed = |why: String| ControlError::Connect { addr, why };
+    let Some(ip) = from else {
+        return TcpStream::connect(addr)
+            .await
+            .map_err(|e| failed(e.to_string()));
+    };
+    if ip.is_ipv4() != addr.is_ipv4() {
+        return Err(failed(format!(
+            "--from {ip} and the branch's address are not of the same IP version"
+        )));
+    }
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| failed(e.to_string()))?;
+    socket
+        .bind(SocketAddr::new(ip, 0))
+        .map_err(|e| failed(format!("--from {ip}: {e} (is it an address of this host?)")))?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| failed(e.to_string()))
+}
+
+/// The listener closed a connection from `remote`, whose IP host.list does not list. Logged at
+/// info (an operator who runs snapctl from another host learns why it gets no answer), at most
+/// once per [`STRANGER_REPORT_EVERY`] so that a scan of the port cannot flood the log; the
+/// rest at debug, and counted in the next info line.
+pub(super) fn refused_stranger(remote: SocketAddr) {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    static QUIET: AtomicU64 = AtomicU64::new(0);
+    let due = match LAST.lock() {
+        Ok(mut last) => {
+            let due = match *last {
+                None => true,
+                Some(t) => t.elapsed() >= STRANGER_REPORT_EVERY,
+            };
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        }
+        Err(_) => true,
+    };
+    if !due {
+        QUIET.fetch_add(1, Ordering::Relaxed);
+        debug!("connection from {remote} closed: not an address of host.list");
+        return;
+    }
+    let quiet = QUIET.swap(0, Ordering::Relaxed);
+    let more = if quiet > 0 {
+        format!(" ({quiet} more since the last such line)")
+    } else {
+        String::new()
+    };
+    info!(
+        "connection from {remote} closed: {} is not an address of host.list; an operator must run snapctl on a host of host.list (snapctl --from IP picks which of its addresses){more}",
+        remote.ip()
+    );
+}
+
+/// How often at most [`refused_stranger`] logs at info.
+const STRANGER_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 fn handshake_failure(e: HandshakeError) -> String {
     match e {

@@ -195,6 +195,11 @@ fn check_claim(
     remote: SocketAddr,
 ) -> Result<BranchId, String> {
     let me = cfg.core.me;
+    if from == secure::OPERATOR {
+        return Err(format!(
+            "an operator (snapctl) asked for branch {to}, this is {me}; does its host.list differ?"
+        ));
+    }
     if cluster != cfg.cluster_id {
         return Err(format!(
             "cluster {cluster:016x} is not ours ({:016x}); check host.list and --initial-balance",

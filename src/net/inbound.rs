@@ -124,7 +124,7 @@ impl Listener {
                         .iter()
                         .any(|a| a.ip() == remote.ip())
                     {
-                        debug!("connection from {remote} closed: not an address of host.list");
+                        control::refused_stranger(remote);
                         continue;
                     }
                     let Ok(permit) = handshakes.clone().try_acquire_owned() else {

@@ -256,7 +256,7 @@ impl Metrics {
             ("version", env!("CARGO_PKG_VERSION").to_string()),
             (
                 "commit",
-                option_env!("SNAPBANK_COMMIT")
+                option_env!("SNAPBANK_GIT_COMMIT")
                     .unwrap_or("unknown")
                     .to_string(),
             ),

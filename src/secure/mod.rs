@@ -108,10 +108,20 @@ pub enum HandshakeError {
     ModeMismatch { theirs: Mode, ours: Mode },
     #[error("handshake message of {0} bytes is malformed")]
     Malformed(usize),
-    #[error("failed authentication: it does not hold this cluster's key for branch {0} (another cluster's key file, or a forged or replayed handshake)")]
+    #[error("failed authentication: it does not hold this cluster's key for {} (another cluster's key file, or a forged or replayed handshake)", party(*.0))]
     Unauthentic(BranchId),
     #[error("unknown branch {0}")]
     UnknownBranch(BranchId),
+}
+
+/// Who `b` is in an error message: `branch #2`, or the operator (whose [`OPERATOR`] id is no
+/// branch's, and printed as `branch #65535` would only puzzle).
+fn party(b: BranchId) -> String {
+    if b == OPERATOR {
+        "an operator (snapctl)".to_string()
+    } else {
+        format!("branch {b}")
+    }
 }
 
 impl Preamble {

@@ -10,12 +10,12 @@
 mod cmd;
 mod shared;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Audit and inspect snapbank stores. Exit codes: 0 consistent, 1 a violation, 2 cannot read.
 #[derive(Parser, Debug)]
-#[command(name = "snapctl", version)]
+#[command(name = "snapctl", version = snapbank::cli::VERSION)]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
@@ -43,6 +43,29 @@ enum Cmd {
     /// Ask the running initiator to start a snapshot now and wait for its verdict. Exit 0 when
     /// it conserves money, 1 when it does not or no verdict came in time.
     Snapshot(cmd::snapshot::Snapshot),
+    /// Print a shell completion script for snapctl, e.g. `snapctl completions bash >
+    /// /etc/bash_completion.d/snapctl`.
+    Completions(cmd::docs::Completions),
+    /// Print snapctl's man page (roff: `snapctl man | man -l -`), or with --dir write the pages
+    /// of snapctl, its subcommands, bank and start_bank there.
+    Man(cmd::docs::Man),
+}
+
+impl Cmd {
+    /// Whether the output is to be JSON (`--json`), errors included.
+    fn json(&self) -> bool {
+        match self {
+            Cmd::Audit(c) => c.json(),
+            Cmd::Snapshots(c) => c.json(),
+            Cmd::Status(c) => c.json(),
+            Cmd::Snapshot(c) => c.json(),
+            Cmd::Restore(_)
+            | Cmd::Keygen(_)
+            | Cmd::Report(_)
+            | Cmd::Completions(_)
+            | Cmd::Man(_) => false,
+        }
+    }
 }
 
 /// Why a subcommand gave up: the one line printed after `snapctl: error: `, and the exit code.
@@ -84,7 +107,12 @@ pub fn verdict(ok: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let outcome = match Args::parse().cmd {
+    let cmd = match Args::try_parse() {
+        Ok(a) => a.cmd,
+        Err(e) => return usage_error(e),
+    };
+    let json = cmd.json();
+    let outcome = match cmd {
         Cmd::Audit(c) => c.run(),
         Cmd::Restore(c) => c.run(),
         Cmd::Keygen(c) => c.run(),
@@ -92,12 +120,50 @@ fn main() -> ExitCode {
         Cmd::Report(c) => c.run(),
         Cmd::Status(c) => c.run(),
         Cmd::Snapshot(c) => c.run(),
+        Cmd::Completions(c) => c.run(Args::command()),
+        Cmd::Man(c) => c.run(Args::command()),
+    };
+    // Output a closed pipe cut short is no error (`snapctl snapshots | head -1`): the command's
+    // own code stands. Any other failure to write it is.
+    let outcome = match (outcome, snapbank::cli::stdout_error()) {
+        (Ok(_), Some(e)) => Err(Failure::cannot(format!("cannot write the output: {e}"))),
+        (o, _) => o,
     };
     match outcome {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("snapctl: error: {}", f.message);
+            // Under --json, the document's place on stdout holds the error; the usual line
+            // stays on stderr for people and for scripts that read it there.
+            if json {
+                shared::print_json_error(&f.message, f.code);
+            }
+            snapbank::cli::write_stderr(&format!("snapctl: error: {}", f.message));
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A command line clap refuses: its message as usual (help and --version are printed, exit 0),
+/// and, when `--json` was asked for, a JSON error on stdout too.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let asked_json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    let informational = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if asked_json && !informational {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("bad command line");
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        shared::print_json_error(first, 2);
+    }
+    // clap prints it (ignoring a closed pipe) with its own exit code.
+    let _ = e.print();
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }

@@ -1,6 +1,9 @@
 //! What several subcommands share: the flags naming a stopped cluster's stores ([`Stores`]) or a
-//! running cluster ([`Live`]), the control-channel client's setup ([`reach`]), JSON output, and
-//! the line wrapper that keeps `snapctl status` within [`STATUS_WIDTH_MAX`] columns.
+//! running cluster ([`Live`]), the control-channel client's setup ([`reach`]), JSON output and
+//! its conventions (README "JSON output"), durations for people, and the line wrapper that keeps
+//! `snapctl status` within [`STATUS_WIDTH_MAX`] columns.
+//!
+//! All output goes through `snapbank::outln!`/`out!`: a closed pipe ends it quietly.
 
 use crate::Failure;
 use snapbank::audit::Cluster;
@@ -8,7 +11,9 @@ use snapbank::cli::{DataDir, KeyArgs};
 use snapbank::hosts::HostList;
 use snapbank::net::control::Operator;
 use snapbank::secure::ClusterKey;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Which cluster's stores to read.
 #[derive(clap::Args, Debug)]
@@ -16,7 +21,7 @@ pub struct Stores {
     #[command(flatten)]
     pub data: DataDir,
     /// Cross-check the stores against this host.list (default: the branch list they record).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "SNAPBANK_HOSTS", value_name = "FILE")]
     pub hosts: Option<PathBuf>,
 }
 
@@ -40,15 +45,41 @@ impl Stores {
 #[derive(clap::Args, Debug)]
 pub struct Live {
     /// The cluster's branch list.
-    #[arg(long, default_value = "host.list", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "SNAPBANK_HOSTS",
+        default_value = "host.list",
+        value_name = "FILE"
+    )]
     pub hosts: PathBuf,
     #[command(flatten)]
     pub data: DataDir,
     #[command(flatten)]
     pub key: KeyArgs,
-    /// One JSON document instead of a table.
+    #[command(flatten)]
+    pub from: From,
+    /// One JSON document instead of a table (a failure too: `{"error": …}` on stdout).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which local address the operator connects from.
+#[derive(clap::Args, Debug, Clone)]
+pub struct From {
+    /// Connect to the branches from this address of this host (an IP or a host name). Branches
+    /// answer operators only from the IPs of host.list: on a host with several addresses, pick
+    /// the one host.list lists; a host that host.list does not list cannot ask (run snapctl on a
+    /// host of the cluster).
+    #[arg(long, value_name = "IP", value_parser = parse_local_ip)]
+    pub from: Option<IpAddr>,
+}
+
+/// `--from`'s value: an IP, or a host name resolved to its first address.
+fn parse_local_ip(s: &str) -> Result<IpAddr, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    snapbank::cli::parse_host_port(&format!("{s}:0")).map(|a| a.ip())
 }
 
 /// The operator's view of the cluster `live` names: host.list and the key file.
@@ -64,7 +95,11 @@ fn operator(live: &Live) -> Result<Operator, String> {
                 .map_err(|e| e.to_string())?,
         )
     };
-    Ok(Operator { hosts, keys })
+    Ok(Operator {
+        hosts,
+        keys,
+        from: live.from.from,
+    })
 }
 
 /// The operator's keys for the cluster `live` names, and a runtime to ask it from (with
@@ -82,8 +117,65 @@ pub fn reach(live: &Live) -> Result<(Operator, tokio::runtime::Runtime), Failure
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| Failure::cannot(format!("cannot encode the output as JSON: {e}")))?;
-    println!("{text}");
+    snapbank::outln!("{text}");
     Ok(())
+}
+
+/// Under `--json`, a failure: `{"error": "…", "exit_code": N}` on stdout (one line), where the
+/// document would have been (the usual line goes to stderr as well); the exit code is the same
+/// as without `--json`.
+pub fn print_json_error(message: &str, code: u8) {
+    let doc = serde_json::json!({ "error": message, "exit_code": code });
+    snapbank::outln!("{doc}");
+}
+
+/// A point in time (unix microseconds) as JSON gives it: RFC 3339, UTC, milliseconds.
+pub fn time_at(unix_us: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(unix_us)).to_string()
+}
+
+/// A duration in microseconds as JSON gives it: milliseconds, fractional.
+pub fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// A duration for people: `3.7ms` below a second, else its two largest units (`2m 5s`,
+/// `1day 3h`).
+pub fn human(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".to_string();
+    }
+    if d < Duration::from_secs(1) {
+        return format!("{:.1}ms", d.as_secs_f64() * 1000.0);
+    }
+    let full = humantime::format_duration(d).to_string();
+    full.split(' ').take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// Violations as JSON, their branches and channels named by address (`names[i]` for branch
+/// index `i`) instead of by index.
+pub fn violations_by_address(doc: &mut serde_json::Value, names: &[String]) {
+    use serde_json::Value;
+    let name = |v: &Value| match v.as_u64().and_then(|i| names.get(i as usize)) {
+        Some(n) => Value::String(n.clone()),
+        None => v.clone(),
+    };
+    let Some(list) = doc
+        .get_mut("violations_typed")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for v in list {
+        if let Some(b) = v.get_mut("branch") {
+            *b = name(b);
+        }
+        if let Some(Value::Array(pair)) = v.get_mut("channel") {
+            for b in pair.iter_mut() {
+                *b = name(b);
+            }
+        }
+    }
 }
 
 /// Widest line `snapctl status` prints (it fits a terminal).
@@ -114,7 +206,16 @@ pub fn wrap(text: &str, width: usize, indent: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::wrap;
+    use super::{human, wrap};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_for_people_keep_two_units() {
+        assert_eq!(human(Duration::from_micros(3712)), "3.7ms");
+        assert_eq!(human(Duration::from_secs(86400)), "1day");
+        assert_eq!(human(Duration::from_secs(90061)), "1day 1h");
+        assert_eq!(human(Duration::from_millis(125_500)), "2m 5s");
+    }
 
     #[test]
     fn wrap_keeps_lines_within_the_width_and_the_words_whole() {

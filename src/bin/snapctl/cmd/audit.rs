@@ -1,7 +1,7 @@
 //! `snapctl audit`: check the stores of a stopped cluster, or with `--live` a running cluster's
 //! latest completed snapshots over its control channel.
 
-use crate::shared::{print_json, reach, Live, Stores};
+use crate::shared::{print_json, reach, violations_by_address, From, Live, Stores};
 use crate::{verdict, Failure, Outcome};
 use snapbank::audit::audit;
 use snapbank::check::{Counts, ViolationKind};
@@ -30,10 +30,21 @@ pub struct Audit {
     timeout: Duration,
     #[command(flatten)]
     key: KeyArgs,
+    #[command(flatten)]
+    from: From,
 }
 
 impl Audit {
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
     pub fn run(self) -> Outcome {
+        if self.from.from.is_some() && !self.live {
+            return Err(Failure::cannot(
+                "--from names where to connect from, which only --live does: add --live or drop --from",
+            ));
+        }
         if !self.live {
             return stopped(&self.stores, self.json);
         }
@@ -44,6 +55,7 @@ impl Audit {
                 .unwrap_or_else(|| PathBuf::from("host.list")),
             data: self.stores.data,
             key: self.key,
+            from: self.from,
             json: self.json,
         };
         running(&live, self.snapshots, self.timeout)
@@ -55,12 +67,12 @@ fn stopped(stores: &Stores, json: bool) -> Outcome {
     let hosts = stores.host_list()?;
     let report = audit(&stores.data.data_dir, hosts.as_ref()).map_err(Failure::cannot)?;
     if json {
-        print_json(&report)?;
+        print_json(&with_addresses(&report, &names(&report.branches))?)?;
     } else {
-        print!("{}", format_audit(&report));
-        println!("{}", checked_line(&report.checked));
+        snapbank::out!("{}", format_audit(&report));
+        snapbank::outln!("{}", checked_line(&report.checked));
         if !report.consistent {
-            println!(
+            snapbank::outln!(
                 "violations by kind: {}",
                 kinds_line(&report.violation_counts)
             );
@@ -76,10 +88,11 @@ fn running(live: &Live, last: u64, timeout: Duration) -> Outcome {
         .block_on(live_audit(&op, last, timeout))
         .map_err(|e| Failure::cannot(format!("live audit: {e}")))?;
     if live.json {
-        print_json(&report)?;
+        let names: Vec<String> = op.hosts.branches.iter().map(|a| a.to_string()).collect();
+        print_json(&with_addresses(&report, &names)?)?;
     } else {
         let ids = &report.snapshots;
-        println!(
+        snapbank::outln!(
             "live audit of snapshots {}: expected total {}",
             match (ids.first(), ids.last()) {
                 (Some(a), Some(b)) => format!("{a}..={b} ({} kept)", ids.len()),
@@ -87,11 +100,11 @@ fn running(live: &Live, last: u64, timeout: Duration) -> Outcome {
             },
             report.expected_total
         );
-        println!("{}", checked_line(&report.checked));
+        snapbank::outln!("{}", checked_line(&report.checked));
         if report.consistent {
-            println!("live audit: CONSISTENT");
+            snapbank::outln!("live audit: CONSISTENT");
         } else if report.violations.is_empty() {
-            println!(
+            snapbank::outln!(
                 "live audit: NOT CHECKED: {}",
                 report
                     .nothing_checked
@@ -99,17 +112,33 @@ fn running(live: &Live, last: u64, timeout: Duration) -> Outcome {
                     .unwrap_or("nothing was checked")
             );
         } else {
-            println!(
+            snapbank::outln!(
                 "live audit: INCONSISTENT, {} violations ({}):",
                 report.violations.len(),
                 kinds_line(&report.violation_counts)
             );
             for v in &report.violations {
-                println!("  - {v}");
+                snapbank::outln!("  - {v}");
             }
         }
     }
     Ok(verdict(report.consistent))
+}
+
+/// The addresses of an audit's branches, in branch order.
+fn names(branches: &[snapbank::audit::BranchReport]) -> Vec<String> {
+    branches.iter().map(|b| b.branch.clone()).collect()
+}
+
+/// `report` as JSON, its typed violations naming branches by address.
+fn with_addresses<T: serde::Serialize>(
+    report: &T,
+    names: &[String],
+) -> Result<serde_json::Value, Failure> {
+    let mut doc = serde_json::to_value(report)
+        .map_err(|e| Failure::cannot(format!("cannot encode the output as JSON: {e}")))?;
+    violations_by_address(&mut doc, names);
+    Ok(doc)
 }
 
 /// What an audit checked, in one line.

@@ -10,7 +10,12 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug)]
 pub struct Keygen {
     /// The cluster's branch list.
-    #[arg(long, default_value = "host.list", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "SNAPBANK_HOSTS",
+        default_value = "host.list",
+        value_name = "FILE"
+    )]
     hosts: PathBuf,
     #[command(flatten)]
     data: DataDir,
@@ -64,7 +69,7 @@ impl Keygen {
                 .filter(|b| b.private.is_some())
                 .map(|b| b.addr.to_string())
                 .collect();
-            println!(
+            snapbank::outln!(
                 "wrote {} (mode 0600): cluster key for {} branches, private keys of {}",
                 path.display(),
                 k.branches.len(),

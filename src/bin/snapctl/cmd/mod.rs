@@ -2,6 +2,7 @@
 //! lists it) and `run`, which prints its output and returns its exit code or a `Failure`.
 
 pub mod audit;
+pub mod docs;
 pub mod keygen;
 pub mod report;
 pub mod restore;

@@ -39,7 +39,7 @@ impl Report {
                 Ok(r)
             })
             .map_err(|e| Failure::cannot(format!("report: {e}")))?;
-        println!(
+        snapbank::outln!(
             "wrote {}: {} completed snapshots, {}",
             self.out.display(),
             report.snapshots.len(),

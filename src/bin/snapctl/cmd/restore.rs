@@ -29,9 +29,9 @@ impl Restore {
             } else {
                 ""
             };
-            println!("{branch:<28} balance {balance}{rebuilt}");
+            snapbank::outln!("{branch:<28} balance {balance}{rebuilt}");
         }
-        println!(
+        snapbank::outln!(
             "restored {} branches to snapshot {}; the next snapshot will be {}",
             r.balances.len(),
             r.snapshot,

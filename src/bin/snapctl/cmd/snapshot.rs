@@ -1,6 +1,6 @@
 //! `snapctl snapshot`: ask the running initiator for a snapshot now and wait for its verdict.
 
-use crate::shared::{reach, Live};
+use crate::shared::{human, ms, reach, Live};
 use crate::{verdict, Failure, Outcome};
 use snapbank::net::control::{ask, ControlError};
 use snapbank::wire::{Reply, Request};
@@ -16,6 +16,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    pub fn json(&self) -> bool {
+        self.live.json
+    }
+
     pub fn run(self) -> Outcome {
         let (op, rt) = reach(&self.live)?;
         let initiator = op.hosts.initiator;
@@ -29,15 +33,15 @@ impl Snapshot {
             }) => {
                 let ok = total == expected as u128;
                 if self.live.json {
-                    println!(
+                    snapbank::outln!(
                         "{}",
-                        serde_json::json!({"snapshot": snapshot.0, "duration_us": duration_us,
+                        serde_json::json!({"snapshot": snapshot.0, "duration_ms": ms(duration_us),
                             "total": total, "expected": expected, "conserved": ok})
                     );
                 } else {
-                    println!(
-                        "snapshot {snapshot} complete in {:.1} ms: total {total} (expected {expected}): {}",
-                        duration_us as f64 / 1000.0,
+                    snapbank::outln!(
+                        "snapshot {snapshot} complete in {}: total {total} (expected {expected}): {}",
+                        human(Duration::from_micros(duration_us)),
                         if ok { "money conserved" } else { "MONEY NOT CONSERVED" }
                     );
                 }

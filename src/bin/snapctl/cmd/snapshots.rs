@@ -1,12 +1,12 @@
 //! `snapctl snapshots`: list a stopped cluster's completed global snapshots, then the pending
 //! ones and what they wait for.
 
-use crate::shared::{print_json, Stores};
+use crate::shared::{human, ms, print_json, time_at, Stores};
 use crate::{Failure, Outcome};
 use snapbank::audit::{pending, AuditError, PendingView};
 use snapbank::snapshot::GlobalSnapshot;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Snapshots {
@@ -18,6 +18,10 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
     pub fn run(self) -> Outcome {
         let cluster = self.stores.open()?;
         let globals = cluster
@@ -30,12 +34,13 @@ impl Snapshots {
                 .iter()
                 .map(|g| snapshot_json(g, &cluster.names))
                 .collect();
+            let pending: Vec<serde_json::Value> = pending.iter().map(pending_json).collect();
             let doc = serde_json::json!({ "completed": list, "pending": pending });
             print_json(&doc)?;
             return Ok(ExitCode::SUCCESS);
         }
         if globals.is_empty() {
-            println!("no completed snapshots");
+            snapbank::outln!("no completed snapshots");
         } else {
             let mut header = format!(
                 "{:>6}  {:<24}  {:>10}  {:>12}",
@@ -44,13 +49,13 @@ impl Snapshots {
             for name in &cluster.names {
                 header.push_str(&format!("  {:>22}", name));
             }
-            println!("{header}");
+            snapbank::outln!("{header}");
             for g in &globals {
                 let mut line = format!(
-                    "{:>6}  {:<24}  {:>8.1}ms  {:>12}",
+                    "{:>6}  {:<24}  {:>10}  {:>12}",
                     g.snapshot.0,
-                    rfc3339(g.started_at),
-                    g.duration_us() as f64 / 1000.0,
+                    time_at(g.started_at),
+                    human(Duration::from_micros(g.duration_us())),
                     g.total
                 );
                 for p in &g.parts {
@@ -60,9 +65,9 @@ impl Snapshots {
                 if !g.conserves_money() {
                     line.push_str(&format!("  (expected {})", g.expected_total));
                 }
-                println!("{line}");
+                snapbank::outln!("{line}");
             }
-            println!("(per branch: balance + money recorded in its incoming channels)");
+            snapbank::outln!("(per branch: balance + money recorded in its incoming channels)");
         }
         print_pending(&pending);
         Ok(ExitCode::SUCCESS)
@@ -71,7 +76,7 @@ impl Snapshots {
 
 fn print_pending(pending: &[PendingView]) {
     for p in pending {
-        let started = p.started_us.map_or("?".to_string(), rfc3339);
+        let started = p.started_us.map_or("?".to_string(), time_at);
         let what: Vec<String> = p
             .branches
             .iter()
@@ -93,16 +98,20 @@ fn print_pending(pending: &[PendingView]) {
         } else {
             what.join("; ")
         };
-        println!(
+        snapbank::outln!(
             "pending snapshot {} (started {started}): {what}",
             p.snapshot
         );
     }
 }
 
-fn rfc3339(us: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_micros(us);
-    humantime::format_rfc3339_millis(t).to_string()
+/// A pending snapshot as JSON: its start as `started_at` (null when unknown).
+fn pending_json(p: &PendingView) -> serde_json::Value {
+    serde_json::json!({
+        "snapshot": p.snapshot,
+        "started_at": p.started_us.map(time_at),
+        "branches": p.branches,
+    })
 }
 
 fn snapshot_json(g: &GlobalSnapshot, names: &[String]) -> serde_json::Value {
@@ -133,10 +142,9 @@ fn snapshot_json(g: &GlobalSnapshot, names: &[String]) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "id": g.snapshot.0,
-        "started": rfc3339(g.started_at),
-        "started_us": g.started_at,
-        "completed_us": g.completed_at,
-        "duration_ms": g.duration_us() as f64 / 1000.0,
+        "started_at": time_at(g.started_at),
+        "completed_at": time_at(g.completed_at),
+        "duration_ms": ms(g.duration_us()),
         "total": g.total,
         "expected_total": g.expected_total,
         "branches": branches,

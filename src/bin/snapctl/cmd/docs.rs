@@ -1,0 +1,98 @@
+//! `snapctl completions SHELL` and `snapctl man`: shell completion scripts and man pages, made
+//! from the programs' own clap definitions.
+
+use crate::{Failure, Outcome};
+use clap_complete::Shell;
+use snapbank::cli::{man_page, MAN_PAGE_FLAG};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Completions {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    shell: Shell,
+}
+
+impl Completions {
+    pub fn run(self, mut cmd: clap::Command) -> Outcome {
+        let mut script = Vec::new();
+        clap_complete::generate(self.shell, &mut cmd, "snapctl", &mut script);
+        snapbank::out!("{}", String::from_utf8_lossy(&script));
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Man {
+    /// Write snapctl.1, snapctl-SUBCOMMAND.1, bank.1 and start_bank.1 into DIR (made if
+    /// missing) instead of printing snapctl's page. start_bank's page comes from the start_bank
+    /// program next to snapctl (`start_bank --man-page`).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+impl Man {
+    pub fn run(self, cmd: clap::Command) -> Outcome {
+        let Some(dir) = self.dir else {
+            let page = man_page(cmd).map_err(|e| Failure::cannot(format!("man page: {e}")))?;
+            snapbank::out!("{}", String::from_utf8_lossy(&page));
+            return Ok(ExitCode::SUCCESS);
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::cannot(format!("cannot create {}: {e}", dir.display())))?;
+        let mut cmd = cmd;
+        cmd.build();
+        let mut pages = vec![("snapctl".to_string(), cmd.clone())];
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            // Built, a subcommand displays as `snapctl-audit`.
+            let name = sub
+                .get_display_name()
+                .map_or_else(|| format!("snapctl-{}", sub.get_name()), str::to_string);
+            pages.push((name, sub.clone()));
+        }
+        pages.push(("bank".to_string(), snapbank::daemon::command()));
+        for (name, c) in pages {
+            let page = man_page(c).map_err(|e| Failure::cannot(format!("man page: {e}")))?;
+            write(&dir, &name, &page)?;
+        }
+        match start_bank_page() {
+            Ok(page) => write(&dir, "start_bank", &page)?,
+            Err(why) => snapbank::cli::write_stderr(&format!(
+                "snapctl: start_bank.1 not written: {why} (run `start_bank {MAN_PAGE_FLAG} > start_bank.1`)"
+            )),
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Writes `DIR/name.1`.
+fn write(dir: &Path, name: &str, page: &[u8]) -> Result<(), Failure> {
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, page)
+        .map_err(|e| Failure::cannot(format!("cannot write {}: {e}", path.display())))?;
+    snapbank::outln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// start_bank's man page, from the start_bank program next to this one.
+fn start_bank_page() -> Result<Vec<u8>, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = me
+        .parent()
+        .map(|d| d.join("start_bank"))
+        .filter(|p| p.is_file())
+        .ok_or("no start_bank next to snapctl")?;
+    let out = std::process::Command::new(&bin)
+        .arg(MAN_PAGE_FLAG)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if !out.status.success() || !out.stdout.starts_with(b".ie") && !out.stdout.starts_with(b".TH") {
+        return Err(format!(
+            "{} {MAN_PAGE_FLAG} gave no man page ({})",
+            bin.display(),
+            out.status
+        ));
+    }
+    Ok(out.stdout)
+}
