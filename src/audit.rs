@@ -389,7 +389,9 @@ mod tests {
         })
         .expect("tamper");
         drop(init);
-        let mut own = SledStore::open(&dirs[j], None).expect("open");
+        // When part j is the initiator's own, the store just closed is opened again: sled's
+        // background threads may hold its lock for a moment after the drop.
+        let mut own = open_when_unlocked(&dirs[j]);
         own.commit(&WriteBatch {
             parts: vec![part],
             ..WriteBatch::default()
@@ -422,5 +424,19 @@ mod tests {
             json["channels_checked"].as_u64().unwrap_or(0) >= 6,
             "{json:#}"
         );
+    }
+
+    /// Opens the store in `dir`, retrying for a few seconds while a just-closed handle of it
+    /// still holds sled's lock.
+    fn open_when_unlocked(dir: &std::path::Path) -> SledStore {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir, None) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < end => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other.expect("open"),
+            }
+        }
     }
 }

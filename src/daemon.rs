@@ -86,9 +86,50 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             crate::cli::write_stderr(&format!("bank: error: {}", error_line(&e)));
-            ExitCode::FAILURE
+            if is_refusal(&e) {
+                ExitCode::from(EXIT_REFUSED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Exit status of a branch that refuses to run for a reason only an operator can mend (`EX_CONFIG`
+/// of sysexits.h): a bad host.list, key or address; a store of another cluster or branch, corrupt,
+/// of a newer schema, behind its peers, or part of an unfinished restore. Starting it again
+/// changes nothing, so `start_bank --restart` and the systemd unit (`RestartPreventExitStatus`)
+/// leave it stopped; other failures (a store still locked, a full disk, a port in use) exit 1
+/// and are restarted.
+pub const EXIT_REFUSED: u8 = 78;
+
+/// A refusal of `bank` for something in its command line or host.list (see [`EXIT_REFUSED`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refusal(String);
+
+fn refuse(msg: String) -> anyhow::Error {
+    anyhow::Error::new(Refusal(msg))
+}
+
+/// Whether `e` is a refusal that a restart would meet again.
+fn is_refusal(e: &anyhow::Error) -> bool {
+    let store = |s: &StoreError| !matches!(s, StoreError::Locked(_) | StoreError::Io { .. });
+    e.chain().any(|c| {
+        if let Some(s) = c.downcast_ref::<StoreError>() {
+            return store(s);
+        }
+        if let Some(n) = c.downcast_ref::<crate::net::NodeError>() {
+            return match n {
+                crate::net::NodeError::Store(s) => store(s),
+                crate::net::NodeError::StoreBehind(_) => true,
+                crate::net::NodeError::Listen { .. } => false,
+            };
+        }
+        c.is::<Refusal>()
+            || c.is::<crate::hosts::HostListError>()
+            || c.is::<crate::secure::KeyError>()
+    })
 }
 
 fn run(args: Args, started: Instant) -> anyhow::Result<()> {
@@ -96,24 +137,26 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         anyhow::anyhow!("{e} (unset NOTIFY_SOCKET unless a service manager started the branch)")
     })?;
     let hosts = HostList::load(&args.hosts)?;
-    let addr: SocketAddr = args
-        .branch
-        .parse()
-        .map_err(|_| anyhow::anyhow!("'{}' is not an address like 127.0.0.1:8000", args.branch))?;
+    let addr: SocketAddr = args.branch.parse().map_err(|_| {
+        refuse(format!(
+            "'{}' is not an address like 127.0.0.1:8000",
+            args.branch
+        ))
+    })?;
     let me = hosts.id_of(addr).ok_or_else(|| {
-        anyhow::anyhow!(
+        refuse(format!(
             "{addr} is not a branch in {} ({})",
             args.hosts.display(),
             hosts
-        )
+        ))
     })?;
     let f = &args.flags;
     let n = hosts.len() as u64;
     if f.initial_balance.checked_mul(n).is_none() {
-        anyhow::bail!(
+        return Err(refuse(format!(
             "--initial-balance {} times {n} branches overflows",
             f.initial_balance
-        );
+        )));
     }
     // Before anything is written: a cluster whose restore is unfinished stays stopped (the
     // store's own mark is checked once it is open).
@@ -193,7 +236,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     };
     cfg.core
         .validate()
-        .map_err(|e| anyhow::anyhow!("branch {addr}: {e}"))?;
+        .map_err(|e| refuse(format!("branch {addr}: {e}")))?;
     // One worker for the links (the core loop runs on this thread, and commits in place): on
     // 2 cores shared by every branch, a second worker only added cross-thread wake-ups (bench,
     // with sled's smaller pool and no flusher: N=32 612 k -> 711 k transfers/s, N=4 +5-11 %).

@@ -450,3 +450,80 @@ fn unit_file_passes_systemd_analyze_verify() {
         "verify reports a broken unit (exit {code}):\n{said}"
     );
 }
+
+/// `bank` exits 78 (EX_CONFIG) when it refuses for a reason a restart would meet again, and 1
+/// for a failure that may pass (here its port in use), so that `start_bank --restart` and the
+/// unit's `RestartPreventExitStatus=78` tell them apart.
+#[test]
+fn bank_exits_78_on_a_refusal_and_1_on_a_failure_that_may_pass() {
+    let c = Cluster::new(2, &[]);
+    c.populate(300);
+    let bank = |args: &[&str]| {
+        Command::new(BANK)
+            .args(args)
+            .arg("--hosts")
+            .arg(c.hosts())
+            .arg("--data-dir")
+            .arg(c.data())
+            .args(insecure_args())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bank")
+    };
+    let a0 = c.addr(0);
+    // Not a branch of host.list.
+    let out = bank(&["127.0.0.1:1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A store made with another initial balance: another cluster.
+    let out = bank(&[&a0, "--initial-balance", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("another cluster"), "{err}");
+    // Its port taken by someone else: may pass, so a plain failure.
+    let _holder = std::net::TcpListener::bind(&a0).expect("hold the branch's port");
+    let out = bank(&[&a0, "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2), "a bad flag is a usage error");
+    let out = bank(&[&a0]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen"), "{err}");
+}
+
+/// `start_bank --restart` leaves a branch that refused (exit 78) stopped and says why.
+#[test]
+fn start_bank_restart_does_not_restart_a_refusal() {
+    let c = Cluster::new(2, &[]);
+    let bin = c.dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    std::fs::copy(START_BANK, bin.join("start_bank")).expect("copy start_bank");
+    let fake = bin.join("bank");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'bank: error: refused' >&2\nexit 78\n",
+    )
+    .expect("write");
+    sh("chmod", &["+x", &fake.to_string_lossy()]);
+    let (mut sb, log) = start_bank(
+        &c,
+        &bin.join("start_bank"),
+        &["--restart", "--for", "1500ms"],
+    );
+    let st = wait_timeout(&mut sb, Duration::from_secs(20)).expect("start_bank finishes");
+    let text = read(&log);
+    assert!(!st.success(), "{text}");
+    for i in 0..2 {
+        let addr = c.addr(i);
+        assert!(
+            text.contains(&format!(
+                "start_bank: not restarting bank {addr}: it refused to run (exit 78)"
+            )),
+            "{text}"
+        );
+        assert_eq!(pids_of(&text, &addr).len(), 1, "started once: {text}");
+    }
+}

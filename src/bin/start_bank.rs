@@ -11,6 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use snapbank::audit::audit;
 use snapbank::cli::{error_line, format_audit, write_stderr, BranchFlags, DataDir, KeyArgs};
+use snapbank::daemon::EXIT_REFUSED;
 use snapbank::hosts::HostList;
 use snapbank::restore::refuse_if_unfinished;
 use snapbank::secure::ClusterKey;
@@ -414,7 +415,13 @@ fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
             if !stopping || !st.success() {
                 write_stderr(&format!("start_bank: bank {} exited: {st}", b.addr));
             }
-            if restart && !stopping && crashed(st) {
+            if restart && !stopping && st.code() == Some(i32::from(EXIT_REFUSED)) {
+                write_stderr(&format!(
+                    "start_bank: not restarting bank {}: it refused to run (exit {EXIT_REFUSED}); starting it again would meet the same refusal: mend what its error line names, then start it",
+                    b.addr
+                ));
+                b.state = State::Exited(st);
+            } else if restart && !stopping && crashed(st) {
                 if b.started.elapsed() >= RUN_STABLE_AFTER {
                     b.restart_delay = RESTART_DELAY_MIN;
                 }
