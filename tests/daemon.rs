@@ -326,20 +326,14 @@ fn start_bank_for_finishes_with_a_stopped_branch() {
 #[test]
 fn start_bank_escalates_a_stop_that_does_not_finish() {
     let c = Cluster::new(2, &[]);
-    // start_bank runs the `bank` beside it: put it beside a shell script that ignores SIGTERM
-    // (an ignored signal stays ignored across exec).
-    let bin = c.dir.path().join("bin");
-    std::fs::create_dir(&bin).expect("mkdir");
-    std::fs::copy(START_BANK, bin.join("start_bank")).expect("copy start_bank");
-    let fake = bin.join("bank");
-    std::fs::write(&fake, "#!/bin/sh\ntrap '' TERM INT\nexec sleep 60\n").expect("write");
-    sh("chmod", &["+x", &fake.to_string_lossy()]);
-    let began = Instant::now();
-    let (mut sb, log) = start_bank(
+    // A stand-in that ignores SIGTERM (an ignored signal stays ignored across exec).
+    let program = beside_fake_bank(
         &c,
-        &bin.join("start_bank"),
-        &["--for", "1s", "--stop-grace", "700ms"],
+        "trap '' TERM INT
+exec sleep 60",
     );
+    let began = Instant::now();
+    let (mut sb, log) = start_bank(&c, &program, &["--for", "1s", "--stop-grace", "700ms"]);
     let st = wait_timeout(&mut sb, Duration::from_secs(20)).expect("start_bank finishes");
     let took = began.elapsed();
     let text = read(&log);
@@ -498,21 +492,8 @@ fn bank_exits_78_on_a_refusal_and_1_on_a_failure_that_may_pass() {
 #[test]
 fn start_bank_restart_does_not_restart_a_refusal() {
     let c = Cluster::new(2, &[]);
-    let bin = c.dir.path().join("bin");
-    std::fs::create_dir(&bin).expect("mkdir");
-    std::fs::copy(START_BANK, bin.join("start_bank")).expect("copy start_bank");
-    let fake = bin.join("bank");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\necho 'bank: error: refused' >&2\nexit 78\n",
-    )
-    .expect("write");
-    sh("chmod", &["+x", &fake.to_string_lossy()]);
-    let (mut sb, log) = start_bank(
-        &c,
-        &bin.join("start_bank"),
-        &["--restart", "--for", "1500ms"],
-    );
+    let program = beside_fake_bank(&c, "echo 'bank: error: refused' >&2\nexit 78");
+    let (mut sb, log) = start_bank(&c, &program, &["--restart", "--for", "1500ms"]);
     let st = wait_timeout(&mut sb, Duration::from_secs(20)).expect("start_bank finishes");
     let text = read(&log);
     assert!(!st.success(), "{text}");
@@ -526,4 +507,16 @@ fn start_bank_restart_does_not_restart_a_refusal() {
         );
         assert_eq!(pids_of(&text, &addr).len(), 1, "started once: {text}");
     }
+}
+
+/// A copy of start_bank beside a stand-in `bank`, the shell script `body` (start_bank runs the
+/// `bank` beside it); the copy's path.
+fn beside_fake_bank(c: &Cluster, body: &str) -> PathBuf {
+    let bin = c.dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    std::fs::copy(START_BANK, bin.join("start_bank")).expect("copy start_bank");
+    let fake = bin.join("bank");
+    std::fs::write(&fake, format!("#!/bin/sh\n{body}\n")).expect("write");
+    sh("chmod", &["+x", &fake.to_string_lossy()]);
+    bin.join("start_bank")
 }

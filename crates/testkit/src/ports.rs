@@ -61,8 +61,15 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 16, "{a:?} {b:?}");
+        // Free when handed out; another process (a branch of an earlier test still exiting)
+        // may take one for a moment, so each gets a few tries.
         for p in all {
-            TcpListener::bind(("127.0.0.1", p)).expect("still free");
+            let mut tries = 0;
+            while let Err(e) = TcpListener::bind(("127.0.0.1", p)) {
+                tries += 1;
+                assert!(tries < 40, "port {p} still taken after 2 s: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
     }
 }
