@@ -94,6 +94,35 @@ pub async fn live_audit(
     }
 }
 
+/// The initiator's `last` latest completed global snapshots that it still keeps, oldest first
+/// (`snapctl audit --live` checks them, `snapctl report --live` charts them).
+pub async fn latest_globals(
+    op: &Operator,
+    last: u64,
+    timeout: Duration,
+) -> Result<Vec<GlobalSnapshot>, LiveAuditError> {
+    let init = op.hosts.initiator;
+    let init_name = op.hosts.addr(init).to_string();
+    let global = |k: Option<SnapshotId>| ask(op, init, Request::Global { snapshot: k }, timeout);
+    let latest = match global(None).await? {
+        Reply::Global(g) => g,
+        other => return Err(unexpected(&init_name, other)),
+    };
+    let mut globals: Vec<GlobalSnapshot> = Vec::new();
+    if let Some(latest) = latest {
+        let top = latest.snapshot.0;
+        for k in top.saturating_sub(last.saturating_sub(1)).max(1)..top {
+            match global(Some(SnapshotId(k))).await? {
+                Reply::Global(Some(g)) => globals.push(g),
+                Reply::Global(None) => {} // pruned, or never completed (ids skip after a restore)
+                other => return Err(unexpected(&init_name, other)),
+            }
+        }
+        globals.push(latest);
+    }
+    Ok(globals)
+}
+
 /// The sums the senders reported, for the ranges the checker planned.
 struct Reported(BTreeMap<LogRange, RangeSum>);
 
@@ -119,28 +148,11 @@ async fn audit_once(
     timeout: Duration,
 ) -> Result<LiveReport, LiveAuditError> {
     let n = op.hosts.len();
-    let init = op.hosts.initiator;
     let names: Vec<String> = (0..n)
         .map(|b| op.hosts.addr(BranchId(b as u16)).to_string())
         .collect();
     let name = |b: BranchId| names[b.index()].clone();
-    let global = |k: Option<SnapshotId>| ask(op, init, Request::Global { snapshot: k }, timeout);
-    let latest = match global(None).await? {
-        Reply::Global(g) => g,
-        other => return Err(unexpected(&name(init), other)),
-    };
-    let mut globals: Vec<GlobalSnapshot> = Vec::new();
-    if let Some(latest) = latest {
-        let top = latest.snapshot.0;
-        for k in top.saturating_sub(last.saturating_sub(1)).max(1)..top {
-            match global(Some(SnapshotId(k))).await? {
-                Reply::Global(Some(g)) => globals.push(g),
-                Reply::Global(None) => {} // pruned, or never completed (ids skip after a restore)
-                other => return Err(unexpected(&name(init), other)),
-            }
-        }
-        globals.push(latest);
-    }
+    let globals = latest_globals(op, last, timeout).await?;
 
     // Each branch's own parts and what it pruned, in as few answers as fit a frame.
     let mut parts: Vec<Vec<LocalPart>> = vec![Vec::new(); n];

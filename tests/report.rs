@@ -374,3 +374,72 @@ fn report_without_completed_snapshots_is_a_one_line_error() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
 }
+
+/// `snapctl report --live` charts a running cluster from its initiator's latest completed
+/// snapshots over the control channel (its stores are locked by the branches), says that
+/// restarts are not drawn, and is refused with one line when nothing is reachable.
+#[test]
+fn report_live_charts_a_running_cluster() {
+    let mut c = Cluster::new(
+        3,
+        &[
+            "--transfer-interval",
+            "1ms..3ms",
+            "--snapshot-interval",
+            "150ms",
+        ],
+    );
+    c.start_all();
+    let page = c.dir.path().join("live.html");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let out = loop {
+        let out = c.snapctl(&[
+            "report",
+            "--live",
+            "--snapshots",
+            "5",
+            "--out",
+            &page.display().to_string(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && text.contains(": 5 completed snapshots") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        sleep(200);
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("money conserved in all 5 snapshots"),
+        "{text}"
+    );
+    let html = std::fs::read_to_string(&page).expect("page");
+    assert!(
+        html.contains("Made from the running cluster"),
+        "the live note"
+    );
+    for id in CHARTS {
+        let svg = chart(&html, id);
+        assert!(x_ticks(svg).iter().all(|l| is_clock_time(l)), "{id}");
+    }
+    c.stop_all();
+    // Nobody answers now: one line, exit 2, no page.
+    let gone = c.dir.path().join("gone.html");
+    let out = c.snapctl(&[
+        "report",
+        "--live",
+        "--timeout",
+        "1s",
+        "--out",
+        &gone.display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("report --live"), "{err}");
+    assert!(!gone.exists());
+}

@@ -84,6 +84,9 @@ pub struct Report {
     pub restarts: Vec<Restart>,
     /// Whether any store predates the start records (its restarts cannot be shown).
     pub restarts_unrecorded: bool,
+    /// Made from a running cluster over the control channel (`--live`): its stores, and so its
+    /// start records, are held by the branches.
+    pub live: bool,
     /// The fault timeline (`--faults`), and the file it came from.
     pub faults: Vec<Fault>,
     pub faults_source: Option<String>,
@@ -116,6 +119,23 @@ impl Report {
             );
         }
         report.restarts.sort_by_key(|r| (r.at, r.branch));
+        Ok(report)
+    }
+
+    /// The report of a running cluster (`--live`): `globals` as its initiator sent them.
+    pub fn from_live(
+        branches: Vec<String>,
+        initiator: usize,
+        source: String,
+        globals: &[GlobalSnapshot],
+    ) -> Result<Report, ReportError> {
+        let what = format!(
+            "the running initiator {}",
+            branches.get(initiator).map_or("?", String::as_str)
+        );
+        let mut report = Report::new(branches, initiator, source, globals)
+            .ok_or(ReportError::NoSnapshots(what))?;
+        report.live = true;
         Ok(report)
     }
 
@@ -157,6 +177,7 @@ impl Report {
             rates_skipped,
             restarts: Vec::new(),
             restarts_unrecorded: false,
+            live: false,
             faults: Vec::new(),
             faults_source: None,
             latency: None,

@@ -150,6 +150,12 @@ fn timeline_text(r: &Report) -> String {
         let _ = write!(t, " ({outside} more outside this time span)");
     }
     t.push('.');
+    if r.live {
+        t.push_str(
+            " Made from the running cluster: restarts are not drawn (the branches hold their \
+             stores; run the report again on the stopped cluster to see them).",
+        );
+    }
     if r.restarts_unrecorded {
         t.push_str(
             " Some stores counted starts before they recorded their times (older builds): \

@@ -1,9 +1,12 @@
 //! `snapctl report`: write the HTML page charting a stopped cluster's completed snapshots.
 
-use crate::shared::Stores;
+use crate::shared::{reach, From, Live, Stores};
 use crate::{verdict, Failure, Outcome};
+use snapbank::cli::KeyArgs;
+use snapbank::live_audit::latest_globals;
 use snapbank::report::write_atomic;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Report {
@@ -18,14 +21,38 @@ pub struct Report {
     /// A directory of the branches' `bank --stats-file` JSON files: adds transfer latency.
     #[arg(long, value_name = "DIR")]
     stats: Option<PathBuf>,
+    /// Chart a running cluster (whose stores its branches hold locked): its initiator's latest
+    /// completed snapshots, over the authenticated control channel (host.list by default).
+    #[arg(long)]
+    live: bool,
+    /// With --live: how many of the latest completed snapshots to chart (those the initiator
+    /// still keeps).
+    #[arg(long, default_value_t = 256, value_name = "K", requires = "live", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    snapshots: u64,
+    /// With --live: how long to wait for each answer.
+    #[arg(long, default_value = "5s", value_name = "DURATION", requires = "live", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    from: From,
 }
 
 impl Report {
     pub fn run(self) -> Outcome {
-        let cluster = self.stores.open()?;
+        if self.from.from.is_some() && !self.live {
+            return Err(Failure::cannot(
+                "--from names where to connect from, which only --live does: add --live or drop --from",
+            ));
+        }
+        let made = if self.live {
+            self.running()?
+        } else {
+            snapbank::report::Report::from_cluster(&self.stores.open()?)
+        };
         // The page is written with `snapbank::durable`'s atomic write (temporary file, fsync,
         // rename, fsync of the directory), through `report::write_atomic`.
-        let report = snapbank::report::Report::from_cluster(&cluster)
+        let report = made
             .and_then(|r| match &self.faults {
                 Some(path) => r.with_faults(path),
                 None => Ok(r),
@@ -46,5 +73,45 @@ impl Report {
             report.verdict()
         );
         Ok(verdict(report.unconserved().is_empty()))
+    }
+}
+
+impl Report {
+    /// `--live`: the report of the running cluster's latest completed snapshots.
+    fn running(
+        &self,
+    ) -> Result<Result<snapbank::report::Report, snapbank::report::ReportError>, Failure> {
+        let hosts = self
+            .stores
+            .hosts
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("host.list"));
+        let live = Live {
+            hosts: hosts.clone(),
+            data: self.stores.data.clone(),
+            key: self.key.clone(),
+            from: self.from.clone(),
+            json: false,
+        };
+        let (op, rt) = reach(&live)?;
+        let globals = rt
+            .block_on(latest_globals(&op, self.snapshots, self.timeout))
+            .map_err(|e| Failure::cannot(format!("report --live: {e}")))?;
+        let names: Vec<String> = (0..op.hosts.len())
+            .map(|b| {
+                op.hosts
+                    .addr(snapbank::types::BranchId(b as u16))
+                    .to_string()
+            })
+            .collect();
+        let initiator = op.hosts.initiator.index();
+        let source = format!(
+            "the running cluster of {} (initiator {})",
+            hosts.display(),
+            names[initiator]
+        );
+        Ok(snapbank::report::Report::from_live(
+            names, initiator, source, &globals,
+        ))
     }
 }
