@@ -444,11 +444,17 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// `line` and a newline on standard error, whatever becomes of it (`eprintln!` panics on a closed
-/// pipe).
+/// `line` and a newline on standard error, in one write, whatever becomes of it (`eprintln!`
+/// panics on a closed pipe).
 pub fn write_stderr(line: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    // One write for the whole line (stderr is unbuffered: `writeln!` would write it piece by
+    // piece, and another process's line sharing the pipe could land inside it; a write of at
+    // most PIPE_BUF bytes to a pipe is atomic).
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
 }
 
 /// Whether standard output was found closed (or failing).

@@ -338,6 +338,43 @@ fn a_failing_json_command_prints_a_json_error() {
 }
 
 #[test]
+fn start_bank_lines_are_json_with_log_format_json() {
+    let c = Cluster::new(2, &[]);
+    let (d, h) = (c.data(), c.hosts());
+    let out = run_env(
+        START_BANK,
+        &[
+            "127.0.0.1",
+            "--hosts",
+            s(&h),
+            "--data-dir",
+            s(&d),
+            "--for",
+            "800ms",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let mut own = 0;
+    for l in err.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+        let msg = v["fields"]["message"].as_str().unwrap_or_default();
+        if v["program"] == "start_bank" {
+            own += 1;
+        } else {
+            assert!(v["branch"].is_string(), "{l}");
+        }
+        assert!(!msg.starts_with("start_bank: "), "{l}");
+    }
+    assert!(own >= 3, "started x2, elapsed: {err}");
+}
+
+#[test]
 fn log_format_json_names_the_branch_on_every_line() {
     let mut c = Cluster::new(2, &["--log-format", "json", "--status-interval", "200ms"]);
     c.start_all();
@@ -383,8 +420,16 @@ fn every_line_under_start_bank_names_its_branch() {
     let addrs: Vec<String> = (0..3).map(|i| format!("branch {}", c.addr(i))).collect();
     let lines: Vec<&str> = err.lines().collect();
     assert!(lines.len() > 10, "{err}");
-    // The branches' log lines (start_bank's own `start_bank: …` lines are written piece by
-    // piece, so a branch's line may land inside one: only the lines with a level are checked).
+    // Every line is whole: a branch's (with a level) or start_bank's own.
+    for l in &lines {
+        assert!(
+            l.starts_with("start_bank: ")
+                || [" ERROR ", " WARN ", " INFO ", " DEBUG "]
+                    .iter()
+                    .any(|lv| l.contains(lv)),
+            "a line neither a branch's nor start_bank's: {l}"
+        );
+    }
     let logged: Vec<&&str> = lines
         .iter()
         .filter(|l| {

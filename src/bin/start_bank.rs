@@ -10,7 +10,7 @@ use clap::Parser;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use snapbank::audit::audit;
-use snapbank::cli::{error_line, format_audit, write_stderr, BranchFlags, DataDir, KeyArgs};
+use snapbank::cli::{error_line, format_audit, BranchFlags, DataDir, KeyArgs};
 use snapbank::daemon::EXIT_REFUSED;
 use snapbank::hosts::HostList;
 use snapbank::restore::refuse_if_unfinished;
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    snapbank::cli::write_stderr(&format!("start_bank: error: man page: {e}"));
+                    say(&format!("start_bank: error: man page: {e}"));
                     ExitCode::FAILURE
                 }
             };
@@ -98,20 +98,21 @@ fn main() -> ExitCode {
         _ => {}
     }
     let args = Args::parse();
+    let _ = LOG_JSON.set(args.flags.log_format == snapbank::cli::LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            write_stderr(&format!("start_bank: error: cannot start runtime: {e}"));
+            say(&format!("start_bank: error: cannot start runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
-            write_stderr(&format!("start_bank: error: {}", error_line(&e)));
+            say(&format!("start_bank: error: {}", error_line(&e)));
             ExitCode::FAILURE
         }
     }
@@ -229,7 +230,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let path = args.key.path(&args.data);
         let (key, created) = ClusterKey::load_or_create(&path, &hosts)?;
         if created {
-            write_stderr(&format!(
+            say(&format!(
                 "start_bank: wrote a new cluster key to {} (mode 0600); copy it to every host of the cluster, like host.list",
                 path.display()
             ));
@@ -289,7 +290,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             bank_args.push(at.to_string().into());
         }
         let child = launcher.spawn(&addr, &bank_args)?;
-        write_stderr(&format!(
+        say(&format!(
             "start_bank: started bank {addr} (pid {})",
             child.id().unwrap_or(0)
         ));
@@ -317,11 +318,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ = int.recv() => Some(Signal::SIGINT),
             _ = term.recv() => Some(Signal::SIGTERM),
             _ = hup.recv() => {
-                write_stderr("start_bank: SIGHUP ignored: nothing to reload (SIGTERM or Ctrl-C stops the branches)");
+                say("start_bank: SIGHUP ignored: nothing to reload (SIGTERM or Ctrl-C stops the branches)");
                 None
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && !stopping => {
-                write_stderr(&format!("start_bank: {} elapsed, stopping the branches", humantime::format_duration(args.run_for.unwrap_or_default())));
+                say(&format!("start_bank: {} elapsed, stopping the branches", humantime::format_duration(args.run_for.unwrap_or_default())));
                 Some(Signal::SIGTERM)
             }
         };
@@ -336,7 +337,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if kill_at.is_some_and(|at| Instant::now() >= at) {
             for b in &mut branches {
                 if let (Some(pid), false) = (b.pid(), b.killed) {
-                    write_stderr(&format!(
+                    say(&format!(
                         "start_bank: bank {} still running {} after the stop signal (--settle {} + --stop-grace {}); killing it (SIGKILL)",
                         b.addr,
                         humantime::format_duration(stop_time),
@@ -354,7 +355,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .filter(|b| !b.status().is_some_and(|s| s.success()))
         .collect();
     for b in &failed {
-        write_stderr(&format!(
+        say(&format!(
             "start_bank: bank {} failed ({})",
             b.addr,
             b.status().map_or("unknown".to_string(), |s| s.to_string())
@@ -381,7 +382,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
             Err(e) => {
-                write_stderr(&format!("start_bank: error: audit: {e}"));
+                say(&format!("start_bank: error: audit: {e}"));
                 code = ExitCode::from(2);
             }
         }
@@ -413,10 +414,10 @@ fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
                 return;
             };
             if !stopping || !st.success() {
-                write_stderr(&format!("start_bank: bank {} exited: {st}", b.addr));
+                say(&format!("start_bank: bank {} exited: {st}", b.addr));
             }
             if restart && !stopping && st.code() == Some(i32::from(EXIT_REFUSED)) {
-                write_stderr(&format!(
+                say(&format!(
                     "start_bank: not restarting bank {}: it refused to run (exit {EXIT_REFUSED}); starting it again would meet the same refusal: mend what its error line names, then start it",
                     b.addr
                 ));
@@ -427,7 +428,7 @@ fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
                 }
                 let delay = b.restart_delay;
                 b.restart_delay = (delay * 2).min(RESTART_DELAY_MAX);
-                write_stderr(&format!(
+                say(&format!(
                     "start_bank: restarting bank {} in {} (--restart)",
                     b.addr,
                     humantime::format_duration(delay)
@@ -445,7 +446,7 @@ fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
             let crashed = *crashed;
             match launcher.spawn(&b.addr, &b.args) {
                 Ok(child) => {
-                    write_stderr(&format!(
+                    say(&format!(
                         "start_bank: restarted bank {} (pid {})",
                         b.addr,
                         child.id().unwrap_or(0)
@@ -456,7 +457,7 @@ fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
                 Err(e) => {
                     let delay = b.restart_delay;
                     b.restart_delay = (delay * 2).min(RESTART_DELAY_MAX);
-                    write_stderr(&format!(
+                    say(&format!(
                         "start_bank: error: {e}; trying again in {}",
                         humantime::format_duration(delay)
                     ));
@@ -469,4 +470,29 @@ fn check(b: &mut Branch, stopping: bool, restart: bool, launcher: &Launcher) {
         }
         State::Restarting { .. } | State::Exited(_) => {}
     }
+}
+
+/// Whether start_bank's own lines are JSON (`--log-format json`, as its branches' are).
+static LOG_JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// One line of start_bank's own on stderr (`start_bank: …`): as it is, or with `--log-format
+/// json` one JSON object shaped like the branches' lines (`program` where theirs have `branch`).
+/// Never panics on a closed stderr.
+fn say(line: &str) {
+    if LOG_JSON.get() != Some(&true) {
+        return snapbank::cli::write_stderr(line);
+    }
+    let message = line.strip_prefix("start_bank: ").unwrap_or(line);
+    let level = if message.starts_with("error:") {
+        "ERROR"
+    } else {
+        "INFO"
+    };
+    let doc = serde_json::json!({
+        "program": "start_bank",
+        "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        "level": level,
+        "fields": { "message": message },
+    });
+    snapbank::cli::write_stderr(&doc.to_string());
 }
