@@ -500,6 +500,21 @@ pub fn man_page(cmd: clap::Command) -> std::io::Result<Vec<u8>> {
 /// print its man page and exit.
 pub const MAN_PAGE_FLAG: &str = "--man-page";
 
+/// The hidden first argument that makes `start_bank` print its completion script for the shell
+/// named next (`snapctl completions SHELL --program start_bank` runs it).
+pub const COMPLETIONS_FLAG: &str = "--completions";
+
+/// The completion script of `cmd`, named `name`, for `shell`.
+pub fn completion_script(
+    shell: clap_complete::Shell,
+    mut cmd: clap::Command,
+    name: &str,
+) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    script
+}
+
 /// An error and its causes on one line, each cause once (an error whose message already quotes
 /// its source, like "cannot listen on ADDR: Address in use", would otherwise repeat it).
 pub fn error_line(e: &anyhow::Error) -> String {

@@ -98,7 +98,7 @@ fn a_closed_pipe_ends_snapctl_quietly() {
 }
 
 #[test]
-fn completions_for_bash_zsh_and_fish_name_the_subcommands() {
+fn completions_for_bash_zsh_and_fish_name_the_subcommands_and_flags() {
     for shell in ["bash", "zsh", "fish"] {
         let out = run_env(SNAPCTL, &["completions", shell], &[]);
         assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
@@ -108,6 +108,26 @@ fn completions_for_bash_zsh_and_fish_name_the_subcommands() {
             assert!(script.contains(sub), "{shell} script names {sub}");
         }
         assert!(script.contains("--data-dir"), "{shell}");
+    }
+    // bank's and start_bank's own flags (start_bank's script comes from the start_bank beside
+    // snapctl).
+    for (program, name, flag) in [
+        ("bank", "bank", "commit-window"),
+        ("start-bank", "start_bank", "metrics-base"),
+    ] {
+        for shell in ["bash", "zsh", "fish"] {
+            let out = run_env(SNAPCTL, &["completions", shell, "--program", program], &[]);
+            assert!(
+                out.status.success(),
+                "{program} {shell}: {}",
+                text(&out.stderr)
+            );
+            let script = text(&out.stdout);
+            assert!(
+                script.contains(name) && script.contains(flag),
+                "{program} {shell}: {script}"
+            );
+        }
     }
     let bad = run_env(SNAPCTL, &["completions", "tcsh"], &[]);
     assert_eq!(bad.status.code(), Some(2));

@@ -82,6 +82,21 @@ fn main() -> ExitCode {
         Some(a) if a == AS_BANK => {
             return snapbank::daemon::main(std::iter::once("bank".into()).chain(argv))
         }
+        // Hidden: this program's completion script, for `snapctl completions SHELL --program
+        // start_bank`.
+        Some(a) if a == snapbank::cli::COMPLETIONS_FLAG => {
+            let shell = argv.next().and_then(|s| {
+                <clap_complete::Shell as clap::ValueEnum>::from_str(&s.to_string_lossy(), true).ok()
+            });
+            let Some(shell) = shell else {
+                say("start_bank: error: --completions takes a shell: bash, zsh, fish, elvish or powershell");
+                return ExitCode::from(2);
+            };
+            let cmd = <Args as clap::CommandFactory>::command();
+            let script = snapbank::cli::completion_script(shell, cmd, "start_bank");
+            snapbank::out!("{}", String::from_utf8_lossy(&script));
+            return ExitCode::SUCCESS;
+        }
         // Hidden: this program's man page, for `snapctl man --dir DIR`.
         Some(a) if a == snapbank::cli::MAN_PAGE_FLAG => {
             return match snapbank::cli::man_page(<Args as clap::CommandFactory>::command()) {

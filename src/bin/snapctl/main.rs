@@ -43,8 +43,8 @@ enum Cmd {
     /// Ask the running initiator to start a snapshot now and wait for its verdict. Exit 0 when
     /// it conserves money, 1 when it does not or no verdict came in time.
     Snapshot(cmd::snapshot::Snapshot),
-    /// Print a shell completion script for snapctl, e.g. `snapctl completions bash >
-    /// /etc/bash_completion.d/snapctl`.
+    /// Print a shell completion script for snapctl (or with --program for bank or start_bank),
+    /// e.g. `snapctl completions bash > /etc/bash_completion.d/snapctl`.
     Completions(cmd::docs::Completions),
     /// Print snapctl's man page (roff: `snapctl man | man -l -`), or with --dir write the pages
     /// of snapctl, its subcommands, bank and start_bank there.

@@ -3,7 +3,7 @@
 
 use crate::{Failure, Outcome};
 use clap_complete::Shell;
-use snapbank::cli::{man_page, MAN_PAGE_FLAG};
+use snapbank::cli::{completion_script, man_page, COMPLETIONS_FLAG, MAN_PAGE_FLAG};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -11,12 +11,33 @@ use std::process::ExitCode;
 pub struct Completions {
     /// The shell: bash, zsh, fish, elvish or powershell.
     shell: Shell,
+    /// The program whose script to print (start_bank's comes from the start_bank next to
+    /// snapctl).
+    #[arg(long, value_enum, default_value_t = Program::Snapctl)]
+    program: Program,
+}
+
+/// The programs completion scripts are made for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Program {
+    Snapctl,
+    Bank,
+    StartBank,
 }
 
 impl Completions {
-    pub fn run(self, mut cmd: clap::Command) -> Outcome {
-        let mut script = Vec::new();
-        clap_complete::generate(self.shell, &mut cmd, "snapctl", &mut script);
+    pub fn run(self, cmd: clap::Command) -> Outcome {
+        let script = match self.program {
+            Program::Snapctl => completion_script(self.shell, cmd, "snapctl"),
+            Program::Bank => completion_script(self.shell, snapbank::daemon::command(), "bank"),
+            Program::StartBank => {
+                let shell = self.shell.to_string();
+                beside("start_bank", &[COMPLETIONS_FLAG, &shell], |out| {
+                    !out.is_empty()
+                })
+                .map_err(|why| Failure::cannot(format!("start_bank's completions: {why}")))?
+            }
+        };
         snapbank::out!("{}", String::from_utf8_lossy(&script));
         Ok(ExitCode::SUCCESS)
     }
@@ -76,21 +97,34 @@ fn write(dir: &Path, name: &str, page: &[u8]) -> Result<(), Failure> {
 
 /// start_bank's man page, from the start_bank program next to this one.
 fn start_bank_page() -> Result<Vec<u8>, String> {
+    beside("start_bank", &[MAN_PAGE_FLAG], |out| {
+        out.starts_with(b".ie") || out.starts_with(b".TH")
+    })
+}
+
+/// What the program `name` next to snapctl prints when run with `args`, if it succeeds and
+/// `looks_right` accepts it.
+fn beside(
+    name: &str,
+    args: &[&str],
+    looks_right: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let bin = me
         .parent()
-        .map(|d| d.join("start_bank"))
+        .map(|d| d.join(name))
         .filter(|p| p.is_file())
-        .ok_or("no start_bank next to snapctl")?;
+        .ok_or(format!("no {name} next to snapctl"))?;
     let out = std::process::Command::new(&bin)
-        .arg(MAN_PAGE_FLAG)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    if !out.status.success() || !out.stdout.starts_with(b".ie") && !out.stdout.starts_with(b".TH") {
+    if !out.status.success() || !looks_right(&out.stdout) {
         return Err(format!(
-            "{} {MAN_PAGE_FLAG} gave no man page ({})",
+            "{} {} gave nothing usable ({})",
             bin.display(),
+            args.join(" "),
             out.status
         ));
     }
