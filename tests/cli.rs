@@ -12,6 +12,14 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 /// Runs `bin args` with `env` set and stdin closed; panics after 15 s.
+/// `start_bank 127.0.0.1` on cluster `c`'s host.list and data directory, with `extra`.
+fn start_bank_on(c: &Cluster, extra: &[&str]) -> Output {
+    let (d, h) = (c.data(), c.hosts());
+    let mut args = vec!["127.0.0.1", "--hosts", s(&h), "--data-dir", s(&d)];
+    args.extend_from_slice(extra);
+    run_env(START_BANK, &args, &[])
+}
+
 fn run_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null());
@@ -360,22 +368,7 @@ fn a_failing_json_command_prints_a_json_error() {
 #[test]
 fn start_bank_lines_are_json_with_log_format_json() {
     let c = Cluster::new(2, &[]);
-    let (d, h) = (c.data(), c.hosts());
-    let out = run_env(
-        START_BANK,
-        &[
-            "127.0.0.1",
-            "--hosts",
-            s(&h),
-            "--data-dir",
-            s(&d),
-            "--for",
-            "800ms",
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
+    let out = start_bank_on(&c, &["--for", "800ms", "--log-format", "json"]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     let mut own = 0;
@@ -417,15 +410,9 @@ fn log_format_json_names_the_branch_on_every_line() {
 #[test]
 fn every_line_under_start_bank_names_its_branch() {
     let c = Cluster::new(3, &[]);
-    let (d, h) = (c.data(), c.hosts());
-    let out = run_env(
-        START_BANK,
+    let out = start_bank_on(
+        &c,
         &[
-            "127.0.0.1",
-            "--hosts",
-            s(&h),
-            "--data-dir",
-            s(&d),
             "--for",
             "1500ms",
             "--snapshot-interval",
@@ -433,7 +420,6 @@ fn every_line_under_start_bank_names_its_branch() {
             "--status-interval",
             "300ms",
         ],
-        &[],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let err = text(&out.stderr);

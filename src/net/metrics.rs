@@ -198,13 +198,13 @@ pub struct Metrics {
 }
 
 /// The series only the initiator has: it starts, assembles and checks the global snapshots.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct InitiatorMetrics {
     snapshots_completed: Counter,
     snapshots_unconserved: Counter,
     unconserved_since: Gauge<u64, AtomicU64>,
     snapshots_pending: Gauge<u64, AtomicU64>,
-    snapshot_duration: Option<Histogram>,
+    snapshot_duration: Histogram,
     last_id: Gauge<u64, AtomicU64>,
     last_total: Gauge<u64, AtomicU64>,
     last_expected: Gauge<u64, AtomicU64>,
@@ -374,15 +374,24 @@ impl Metrics {
         let transfer_latency = Arc::new(LatencyHistogram::default());
         registry.register_collector(Box::new(transfer_latency.clone()));
         let initiator = is_initiator.then(|| {
-            let m = InitiatorMetrics::default();
+            let m = InitiatorMetrics {
+                snapshot_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+                snapshots_completed: Counter::default(),
+                snapshots_unconserved: Counter::default(),
+                unconserved_since: Gauge::default(),
+                snapshots_pending: Gauge::default(),
+                last_id: Gauge::default(),
+                last_total: Gauge::default(),
+                last_expected: Gauge::default(),
+                last_completed_at: Gauge::default(),
+            };
             // Registered before its counter: a scrape reads the histogram first, and the
             // counter is counted first, so the scraped count never exceeds the scraped counter.
-            let snapshot_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
             registry.register_with_unit(
                 "snapshot_duration",
                 "Time from starting a global snapshot to holding every branch's part, for the snapshots completed since this process started",
                 Unit::Seconds,
-                snapshot_duration.clone(),
+                m.snapshot_duration.clone(),
             );
             registry.register(
                 "snapshots_completed",
@@ -425,10 +434,7 @@ impl Metrics {
                 Unit::Seconds,
                 m.last_completed_at.clone(),
             );
-            InitiatorMetrics {
-                snapshot_duration: Some(snapshot_duration),
-                ..m
-            }
+            m
         });
         let family = |r: &mut Registry, name: &str, help: &str, unit: Option<Unit>| {
             let f = Family::<DirectionLabel, Counter>::default();
@@ -584,9 +590,7 @@ impl Metrics {
         if let Some(k) = unconserved_since {
             i.unconserved_since.set(k.0);
         }
-        if let Some(h) = &i.snapshot_duration {
-            h.observe(done.duration_us as f64 / 1e6);
-        }
+        i.snapshot_duration.observe(done.duration_us as f64 / 1e6);
         i.set_last(done);
     }
 

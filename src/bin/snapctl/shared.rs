@@ -74,6 +74,35 @@ pub struct From {
     pub from: Option<IpAddr>,
 }
 
+impl From {
+    /// `--from` names where a `--live` command connects from: refused without `--live`.
+    pub fn only_with_live(&self, live: bool) -> Result<(), Failure> {
+        if self.from.is_some() && !live {
+            return Err(Failure::cannot(
+                "--from names where to connect from, which only --live does: add --live or drop --from",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Stores {
+    /// How a `--live` command reaches the running cluster of these stores: `--hosts` (default
+    /// host.list), with `key` from `--key`/`--data-dir` and the `--from` address.
+    pub fn live(&self, key: &KeyArgs, from: &From, json: bool) -> Live {
+        Live {
+            hosts: self
+                .hosts
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("host.list")),
+            data: self.data.clone(),
+            key: key.clone(),
+            from: from.clone(),
+            json,
+        }
+    }
+}
+
 /// `--from`'s value: an IP, or a host name resolved to its first address.
 fn parse_local_ip(s: &str) -> Result<IpAddr, String> {
     if let Ok(ip) = s.parse::<IpAddr>() {

@@ -8,7 +8,6 @@ use snapbank::check::{Counts, ViolationKind};
 use snapbank::cli::{format_audit, KeyArgs};
 use snapbank::live_audit::live_audit;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -40,24 +39,11 @@ impl Audit {
     }
 
     pub fn run(self) -> Outcome {
-        if self.from.from.is_some() && !self.live {
-            return Err(Failure::cannot(
-                "--from names where to connect from, which only --live does: add --live or drop --from",
-            ));
-        }
+        self.from.only_with_live(self.live)?;
         if !self.live {
             return stopped(&self.stores, self.json);
         }
-        let live = Live {
-            hosts: self
-                .stores
-                .hosts
-                .unwrap_or_else(|| PathBuf::from("host.list")),
-            data: self.stores.data,
-            key: self.key,
-            from: self.from,
-            json: self.json,
-        };
+        let live = self.stores.live(&self.key, &self.from, self.json);
         running(&live, self.snapshots, self.timeout)
     }
 }

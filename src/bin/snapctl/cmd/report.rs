@@ -1,6 +1,6 @@
 //! `snapctl report`: write the HTML page charting a stopped cluster's completed snapshots.
 
-use crate::shared::{reach, From, Live, Stores};
+use crate::shared::{reach, From, Stores};
 use crate::{verdict, Failure, Outcome};
 use snapbank::cli::KeyArgs;
 use snapbank::live_audit::latest_globals;
@@ -40,11 +40,7 @@ pub struct Report {
 
 impl Report {
     pub fn run(self) -> Outcome {
-        if self.from.from.is_some() && !self.live {
-            return Err(Failure::cannot(
-                "--from names where to connect from, which only --live does: add --live or drop --from",
-            ));
-        }
+        self.from.only_with_live(self.live)?;
         let made = if self.live {
             self.running()?
         } else {
@@ -81,18 +77,7 @@ impl Report {
     fn running(
         &self,
     ) -> Result<Result<snapbank::report::Report, snapbank::report::ReportError>, Failure> {
-        let hosts = self
-            .stores
-            .hosts
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("host.list"));
-        let live = Live {
-            hosts: hosts.clone(),
-            data: self.stores.data.clone(),
-            key: self.key.clone(),
-            from: self.from.clone(),
-            json: false,
-        };
+        let live = self.stores.live(&self.key, &self.from, false);
         let (op, rt) = reach(&live)?;
         let globals = rt
             .block_on(latest_globals(&op, self.snapshots, self.timeout))
@@ -107,7 +92,7 @@ impl Report {
         let initiator = op.hosts.initiator.index();
         let source = format!(
             "the running cluster of {} (initiator {})",
-            hosts.display(),
+            live.hosts.display(),
             names[initiator]
         );
         Ok(snapbank::report::Report::from_live(
