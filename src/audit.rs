@@ -66,6 +66,45 @@ pub struct AuditReport {
     #[serde(flatten)]
     pub checked: Counts,
     pub branches: Vec<BranchReport>,
+    /// The current epoch (0 until the first `snapctl reshape`).
+    pub epoch: u64,
+    /// Every epoch whose stores or record this data directory holds, oldest first, the current
+    /// one last: each one's own verdict and how it began. `consistent` covers them all.
+    pub epochs: Vec<EpochReport>,
+}
+
+/// One epoch of the cluster, as the audit found it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochReport {
+    pub epoch: u64,
+    pub cluster_id: String,
+    pub branches: Vec<String>,
+    pub expected_total: u128,
+    /// `current`, `retired` (kept under `epochs/<e>/`) or `purged` (only the next epoch's
+    /// record of it remains).
+    pub stores: &'static str,
+    /// Its own audit (a purged epoch's: nothing to check, true).
+    pub consistent: bool,
+    pub snapshots_checked: usize,
+    pub last_snapshot: Option<u64>,
+    pub violations: Vec<String>,
+    /// How it began (`None`: epoch 0, from host.list).
+    pub began: Option<Boundary>,
+}
+
+/// The boundary between an epoch and the one before: its genesis against the previous epoch's
+/// cut at the snapshot it began from.
+#[derive(Clone, Debug, Serialize)]
+pub struct Boundary {
+    pub from_epoch: u64,
+    pub snapshot: u64,
+    pub minted: u64,
+    /// `snapshot`: the record checked against the previous epoch's own copy of the snapshot;
+    /// `record`: that epoch was purged, the record checked against itself.
+    pub checked_against: &'static str,
+    pub moves: Vec<crate::reshape::MoveLine>,
+    pub consistent: bool,
+    pub violations: Vec<String>,
 }
 
 /// The opened stores of a whole cluster.
@@ -79,6 +118,19 @@ impl Cluster {
     /// Opens every branch's store under `data_dir`. The branch list comes from `hosts` if given,
     /// else from the stores' own identities.
     pub fn open(data_dir: &Path, hosts: Option<&HostList>) -> Result<Cluster, AuditError> {
+        Cluster::open_with(data_dir, hosts, false)
+    }
+
+    /// Opens the stores of an ended epoch (`DATA/epochs/<e>/`), which a reshape marked retired.
+    pub fn open_retired(dir: &Path) -> Result<Cluster, AuditError> {
+        Cluster::open_with(dir, None, true)
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        hosts: Option<&HostList>,
+        retired: bool,
+    ) -> Result<Cluster, AuditError> {
         let dirs: Vec<PathBuf> = match hosts {
             Some(h) => h
                 .branches
@@ -92,7 +144,9 @@ impl Cluster {
         let mut stores = Vec::with_capacity(dirs.len());
         for dir in &dirs {
             let store = SledStore::open(dir, None)?;
-            store.refuse_if_restoring()?;
+            if !retired || store.restoring()?.is_some() {
+                store.refuse_if_restoring()?;
+            }
             stores.push(store);
         }
         let identity = stores[0].identity().clone();
@@ -108,7 +162,10 @@ impl Cluster {
         }
         for s in &stores {
             let id = s.identity();
-            if id.branches != identity.branches || id.cluster_id != identity.cluster_id {
+            if id.branches != identity.branches
+                || id.cluster_id != identity.cluster_id
+                || id.epoch != identity.epoch
+            {
                 return Err(AuditError::Setup(format!(
                     "{} belongs to another cluster than {}",
                     s.path().display(),
@@ -196,7 +253,142 @@ pub(crate) fn discover(data_dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
 /// Reads every store and checks the whole cluster.
 pub fn audit(data_dir: &Path, hosts: Option<&HostList>) -> Result<AuditReport, AuditError> {
     let cluster = Cluster::open(data_dir, hosts)?;
-    audit_cluster(&cluster)
+    let mut report = audit_cluster(&cluster)?;
+    report.epochs = audit_epochs(data_dir, &cluster, &report)?;
+    report.consistent = report.consistent
+        && report
+            .epochs
+            .iter()
+            .all(|e| e.consistent && e.began.as_ref().map_or(true, |b| b.consistent));
+    Ok(report)
+}
+
+/// Every epoch back from the current one, as far as the stores (or records) go, and each
+/// boundary between them (see [`crate::store::epoch::Epoch::check_arithmetic`] and
+/// [`crate::store::epoch::Epoch::check_cut`]).
+fn audit_epochs(
+    data_dir: &Path,
+    current: &Cluster,
+    report: &AuditReport,
+) -> Result<Vec<EpochReport>, AuditError> {
+    let retired: BTreeMap<u64, PathBuf> = crate::reshape::retired_epochs(data_dir)
+        .into_iter()
+        .collect();
+    let mut out: Vec<EpochReport> = Vec::new();
+    let mut this = EpochReport {
+        epoch: current.identity.epoch_number(),
+        cluster_id: format!("{:016x}", current.identity.cluster_id),
+        branches: current.names.clone(),
+        expected_total: report.expected_total,
+        stores: "current",
+        consistent: report.consistent,
+        snapshots_checked: report.snapshots_checked,
+        last_snapshot: report.last_snapshot,
+        violations: Vec::new(),
+        began: None,
+    };
+    let mut identity = current.identity.clone();
+    // Back through the records: each epoch names the one before.
+    while let Some(ep) = identity.epoch.clone() {
+        let names = crate::check::names_of(&identity);
+        let mut bad = ep.check_arithmetic(&names);
+        let prev = ep.from.epoch;
+        let old_names: Vec<String> = ep
+            .from
+            .branches
+            .iter()
+            .map(|b| b.strip_suffix(":S").unwrap_or(b).to_string())
+            .collect();
+        let moves = ep
+            .from
+            .moves
+            .iter()
+            .map(|m| crate::reshape::MoveLine {
+                from: m
+                    .from
+                    .and_then(|i| old_names.get(i as usize).cloned())
+                    .unwrap_or_else(|| "(minted)".to_string()),
+                to: names.get(m.to as usize).cloned().unwrap_or_default(),
+                amount: m.amount,
+                why: m.why,
+            })
+            .collect();
+        let (prev_report, prev_identity, against) = match retired.get(&prev) {
+            Some(dir) => {
+                let c = Cluster::open_retired(dir)?;
+                if c.identity.cluster_id != ep.from.cluster_id
+                    || c.identity.branches != ep.from.branches
+                {
+                    bad.push(format!(
+                        "epoch {}: began from {} of [{}], but {} holds {} of [{}]",
+                        ep.number,
+                        format_args!("epoch {prev} (cluster {:016x})", ep.from.cluster_id),
+                        ep.from.branches.join(" "),
+                        dir.display(),
+                        c.identity.epoch_name(),
+                        c.identity.branches.join(" ")
+                    ));
+                }
+                match c.initiator().global(Some(ep.from.snapshot))? {
+                    Some(g) => bad.extend(ep.check_cut(&g)),
+                    None => bad.push(format!(
+                        "epoch {}: began from snapshot {} of epoch {prev}, which that epoch's initiator ({}) does not hold",
+                        ep.number,
+                        ep.from.snapshot,
+                        c.initiator().path().display()
+                    )),
+                }
+                let r = audit_cluster(&c)?;
+                let er = EpochReport {
+                    epoch: c.identity.epoch_number(),
+                    cluster_id: format!("{:016x}", c.identity.cluster_id),
+                    branches: c.names.clone(),
+                    expected_total: r.expected_total,
+                    stores: "retired",
+                    consistent: r.consistent,
+                    snapshots_checked: r.snapshots_checked,
+                    last_snapshot: r.last_snapshot,
+                    violations: r.violations,
+                    began: None,
+                };
+                (er, Some(c.identity.clone()), "snapshot")
+            }
+            None => (
+                EpochReport {
+                    epoch: prev,
+                    cluster_id: format!("{:016x}", ep.from.cluster_id),
+                    branches: old_names.clone(),
+                    expected_total: ep.from.expected_total as u128,
+                    stores: "purged",
+                    consistent: true,
+                    snapshots_checked: 0,
+                    last_snapshot: None,
+                    violations: Vec::new(),
+                    began: None,
+                },
+                None,
+                "record",
+            ),
+        };
+        this.began = Some(Boundary {
+            from_epoch: prev,
+            snapshot: ep.from.snapshot.0,
+            minted: ep.minted,
+            checked_against: against,
+            moves,
+            consistent: bad.is_empty(),
+            violations: bad,
+        });
+        out.push(this);
+        this = prev_report;
+        match prev_identity {
+            Some(id) => identity = id,
+            None => break,
+        }
+    }
+    out.push(this);
+    out.reverse();
+    Ok(out)
 }
 
 pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
@@ -206,8 +398,9 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
         .stores
         .iter()
         .map(|s| {
+            let genesis = id.genesis_balances()[s.identity().me.index()];
             Ok(s.state()?
-                .unwrap_or_else(|| DurableState::genesis(n, id.initial_balance)))
+                .unwrap_or_else(|| DurableState::genesis(n, genesis)))
         })
         .collect::<Result<_, StoreError>>()?;
     let globals: Vec<GlobalSnapshot> = c.initiator().globals()?;
@@ -255,6 +448,8 @@ pub fn audit_cluster(c: &Cluster) -> Result<AuditReport, AuditError> {
         checked: found.counts,
         violations_typed: found.violations,
         branches: report_branches,
+        epoch: id.epoch_number(),
+        epochs: Vec::new(),
     })
 }
 

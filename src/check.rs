@@ -260,7 +260,8 @@ impl<'a> BranchView<'a> {
 pub struct View<'a> {
     /// Branch addresses, in branch order (for the messages).
     pub names: &'a [String],
-    pub initial_balance: Amount,
+    /// What each branch held at genesis (the epoch's start), in branch order.
+    pub genesis: Vec<Amount>,
     /// The initiator's kept global snapshots, oldest first.
     pub globals: &'a [GlobalSnapshot],
     /// One per branch, in branch order.
@@ -340,7 +341,7 @@ pub fn stored_view<'a, K: Kv>(
 ) -> View<'a> {
     View {
         names,
-        initial_balance: id.initial_balance,
+        genesis: id.genesis_balances(),
         globals,
         branches: branches
             .iter()
@@ -509,7 +510,7 @@ impl<'v, 'a, L: LogSource + ?Sized> Checker<'v, 'a, L> {
             view,
             logs,
             n,
-            expected: view.initial_balance as u128 * n as u128,
+            expected: view.genesis.iter().map(|&g| g as u128).sum(),
             out: Findings::default(),
         }
     }
@@ -575,8 +576,8 @@ impl<'v, 'a, L: LogSource + ?Sized> Checker<'v, 'a, L> {
             );
         }
         let mut base: Vec<Point> = (0..n)
-            .map(|_| Point {
-                money: self.view.initial_balance as u128,
+            .map(|b| Point {
+                money: self.view.genesis.get(b).copied().unwrap_or_default() as u128,
                 sent: vec![Seq(0); n],
                 applied: vec![Seq(0); n],
                 at: None,
@@ -1047,6 +1048,7 @@ pub(crate) mod testbank {
             branches: n as u16,
             initiator: BranchId(0),
             initial_balance: INITIAL,
+            epoch_total: None,
             amount_max: 40,
             unacked_per_channel_max: 64,
             live_snapshots_max: 4,
@@ -1065,6 +1067,7 @@ pub(crate) mod testbank {
             branches: entries,
             me: BranchId(me as u16),
             initial_balance: INITIAL,
+            epoch: None,
         }
     }
 
@@ -1567,7 +1570,7 @@ mod tests {
         let names: Vec<String> = (0..N).map(|b| format!("b{b}")).collect();
         let view = View {
             names: &names,
-            initial_balance: INITIAL,
+            genesis: vec![INITIAL; N],
             globals: &r.globals,
             branches: (0..N)
                 .map(|b| BranchView::stored(&r.states[b], &r.parts[b]))
@@ -1606,7 +1609,7 @@ mod tests {
         let names: Vec<String> = (0..N).map(|b| format!("b{b}")).collect();
         let view = View {
             names: &names,
-            initial_balance: INITIAL,
+            genesis: vec![INITIAL; N],
             globals: &r.globals,
             branches: (0..N)
                 .map(|b| BranchView {

@@ -576,12 +576,97 @@ pub fn format_audit(r: &AuditReport) -> String {
             r.history_from
         );
     }
+    if r.epochs.len() > 1 {
+        s.push_str(&format_epochs(&r.epochs));
+    }
     if r.consistent {
         let _ = writeln!(s, "audit: CONSISTENT");
     } else {
-        let _ = writeln!(s, "audit: INCONSISTENT, {} violations:", r.violations.len());
+        let across: usize = r
+            .epochs
+            .iter()
+            .filter(|e| e.stores != "current")
+            .map(|e| e.violations.len())
+            .chain(
+                r.epochs
+                    .iter()
+                    .filter_map(|e| e.began.as_ref().map(|b| b.violations.len())),
+            )
+            .sum();
+        let _ = writeln!(
+            s,
+            "audit: INCONSISTENT, {} violations{}:",
+            r.violations.len() + across,
+            if across > 0 {
+                format!(" ({across} in the epochs above)")
+            } else {
+                String::new()
+            }
+        );
         for v in &r.violations {
             let _ = writeln!(s, "  - {v}");
+        }
+    }
+    s
+}
+
+/// The epochs of an audit, a few lines each: its verdict, then how it began.
+pub fn format_epochs(epochs: &[crate::audit::EpochReport]) -> String {
+    use std::fmt::Write;
+    let verdict = |ok: bool| if ok { "CONSISTENT" } else { "INCONSISTENT" };
+    let mut s = String::new();
+    for e in epochs {
+        let _ = writeln!(
+            s,
+            "epoch {} ({}, cluster {}, {} branches, expected total {}): {}{}",
+            e.epoch,
+            e.stores,
+            e.cluster_id,
+            e.branches.len(),
+            e.expected_total,
+            if e.stores == "purged" {
+                "stores purged, nothing to check".to_string()
+            } else {
+                format!(
+                    "{} snapshots checked (last {}), {}",
+                    e.snapshots_checked,
+                    e.last_snapshot
+                        .map_or("none".to_string(), |k| k.to_string()),
+                    verdict(e.consistent)
+                )
+            },
+            if e.violations.is_empty() {
+                String::new()
+            } else {
+                format!(", {} violations", e.violations.len())
+            }
+        );
+        for v in &e.violations {
+            let _ = writeln!(s, "    - {v}");
+        }
+        if let Some(b) = &e.began {
+            let moves: Vec<String> = b
+                .moves
+                .iter()
+                .map(|m| format!("{} {}→{} {}", m.why, m.from, m.to, m.amount))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  began from snapshot {} of epoch {} (checked against {}), minted {}: {}",
+                b.snapshot,
+                b.from_epoch,
+                if b.checked_against == "snapshot" {
+                    "that snapshot"
+                } else {
+                    "the epoch record only: that epoch's stores are purged"
+                },
+                b.minted,
+                verdict(b.consistent)
+            );
+            let _ = writeln!(s, "    moves: {}", moves.join(", "));
+            for v in &b.violations {
+                let _ = writeln!(s, "    - {v}");
+            }
         }
     }
     s

@@ -206,6 +206,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             branches: hosts.len() as u16,
             initiator: hosts.initiator,
             initial_balance: f.initial_balance,
+            epoch_total: None,
             amount_max: f.max_amount,
             unacked_per_channel_max: f
                 .unacked_max
@@ -221,6 +222,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             },
         },
         cluster_id: identity.cluster_id,
+        epoch: 0,
         security,
         hosts,
         pace: f.transfer_interval,

@@ -106,6 +106,40 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Test hook of the commands that rewrite a stopped cluster (`snapctl restore`, `snapctl
+/// reshape`): with `ENV=N` in the environment, the process kills itself with SIGKILL right after
+/// its N-th durable write, as a crash at that point would. Only the tests set it.
+pub struct CrashHook {
+    env: &'static str,
+    what: &'static str,
+    done: u64,
+    crash_after: Option<u64>,
+}
+
+impl CrashHook {
+    pub fn from_env(env: &'static str, what: &'static str) -> CrashHook {
+        CrashHook {
+            env,
+            what,
+            done: 0,
+            crash_after: std::env::var(env).ok().and_then(|v| v.trim().parse().ok()),
+        }
+    }
+
+    /// One more durable write is done; the hook's crash comes here.
+    pub fn done(&mut self) {
+        self.done += 1;
+        if self.crash_after == Some(self.done) {
+            eprintln!(
+                "{}: {}={}: killing this process after that many writes (test hook)",
+                self.what, self.env, self.done
+            );
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            std::process::abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

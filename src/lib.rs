@@ -29,6 +29,8 @@
 //! - [`live_audit`]: `snapctl audit --live`: a running cluster's snapshots over the control
 //!   channel, through the checker (→ check, net::control)
 //! - [`restore`]: rewind a stopped cluster to a completed snapshot (→ audit, store, durable)
+//! - [`reshape`]: make the next epoch of a stopped cluster, with other branches, from a completed
+//!   snapshot (→ audit, store, secure, durable)
 //! - [`report`]: the `snapctl report` page: `figures` (what is computed), `chart` (SVG), `page`
 //!   (HTML) (→ audit)
 //! - [`hosts`]: the `host.list` format and its limits
@@ -43,6 +45,7 @@ pub mod hosts;
 pub mod live_audit;
 pub mod net;
 pub mod report;
+pub mod reshape;
 pub mod restore;
 pub mod secure;
 pub use snapbank_proto::snapshot;

@@ -19,7 +19,7 @@ use crate::check::{
 use crate::net::control::{ask, ControlError, Operator};
 use crate::snapshot::{GlobalSnapshot, LocalPart};
 use crate::store::StoreError;
-use crate::types::{BranchId, Seq, SnapshotId};
+use crate::types::{Amount, BranchId, Seq, SnapshotId};
 use crate::wire::{
     Message, RangeSum, Reply, Request, FRAME_BYTES_MAX, LOG_RANGES_MAX, PARTS_PER_REQUEST_MAX,
 };
@@ -158,6 +158,7 @@ async fn audit_once(
     let mut parts: Vec<Vec<LocalPart>> = vec![Vec::new(); n];
     let mut pruned_below = vec![SnapshotId(0); n];
     let mut history_from = vec![SnapshotId(0); n];
+    let mut genesis: Vec<Option<Amount>> = vec![None; n];
     for b in 0..n {
         let bid = BranchId(b as u16);
         for chunk in part_chunks(&globals, b) {
@@ -173,6 +174,7 @@ async fn audit_once(
                     // Pruning only moves on: the latest answer's bound holds for all of them.
                     pruned_below[b] = pruned_below[b].max(retention.pruned_below);
                     history_from[b] = history_from[b].max(retention.history_from);
+                    genesis[b] = genesis[b].or(retention.genesis);
                 }
                 other => return Err(unexpected(&name(bid), other)),
             }
@@ -180,9 +182,17 @@ async fn audit_once(
     }
     let view = View {
         names: &names,
-        initial_balance: globals
-            .first()
-            .map_or(0, |g| g.expected_total / n.max(1) as u64),
+        // A branch of an older build does not say: every branch began with the same then.
+        genesis: genesis
+            .iter()
+            .map(|g| {
+                g.unwrap_or_else(|| {
+                    globals
+                        .first()
+                        .map_or(0, |g| g.expected_total / n.max(1) as u64)
+                })
+            })
+            .collect(),
         globals: &globals,
         branches: (0..n)
             .map(|b| BranchView {
@@ -315,7 +325,7 @@ mod tests {
     fn view(f: &Fixture) -> View<'_> {
         View {
             names: &f.names,
-            initial_balance: INITIAL,
+            genesis: vec![INITIAL; N],
             globals: &f.globals,
             branches: (0..N)
                 .map(|b| BranchView {

@@ -106,7 +106,9 @@ const MARKER_PREFIX: &str = "snapctl restore --snapshot ";
 
 /// The error a branch whose store is `store_dir` stops with while a restore of the stores in
 /// `data_dir` is unfinished (the store's own mark is [`SledStore::refuse_if_restoring`]).
+/// A committed, unfinished `snapctl reshape` bars every store too ([`crate::reshape`]).
 pub fn refuse_if_unfinished(data_dir: &Path, store_dir: &Path) -> Result<(), StoreError> {
+    crate::reshape::refuse_if_unfinished(data_dir, store_dir)?;
     match unfinished(data_dir)? {
         Some(snapshot) => Err(StoreError::RestoreUnfinished {
             path: store_dir.to_path_buf(),
@@ -118,7 +120,7 @@ pub fn refuse_if_unfinished(data_dir: &Path, store_dir: &Path) -> Result<(), Sto
 
 /// A branch's store as the restore found it.
 enum Found {
-    Open(SledStore),
+    Open(Box<SledStore>),
     /// No store (or an empty one, which the branch would create anew).
     Missing,
     /// sled or the store layout cannot read it (not the initiator's): set aside and rebuilt.
@@ -136,10 +138,24 @@ pub fn restore(
     if let Some(other) = marked.filter(|m| *m != k) {
         return Err(unfinished_other(other));
     }
-    let identity = match hosts {
-        Some(h) => Identity::new(h, h.initiator, any_identity(data_dir)?.initial_balance),
-        None => any_identity(data_dir)?,
-    };
+    if let Some(e) = crate::reshape::unfinished(data_dir)? {
+        return Err(RestoreError::Refused(format!(
+            "an unfinished `snapctl reshape` to epoch {e} must be finished first: run it again"
+        )));
+    }
+    // The stores' own identity (a reshaped cluster's is its epoch's), which host.list, if
+    // given, must name.
+    let identity = any_identity(data_dir)?;
+    if let Some(h) = hosts {
+        if h.canonical() != identity.branches {
+            return Err(RestoreError::Refused(format!(
+                "the stores under {} were made with host.list [{}], but the given host.list names [{}]",
+                data_dir.display(),
+                identity.branches.join(" "),
+                h.canonical().join(" ")
+            )));
+        }
+    }
     let n = identity.branches.len();
     let dirs: Vec<PathBuf> = identity
         .branches
@@ -167,7 +183,7 @@ pub fn restore(
                 if let Some(other) = s.restoring()?.filter(|m| *m != k) {
                     return Err(unfinished_other(other));
                 }
-                stores.push(Found::Open(s));
+                stores.push(Found::Open(Box::new(s)));
             }
             Err(StoreError::NotFound(_)) => stores.push(Found::Missing),
             // A store a crash left before its first write (no files, or no schema yet): the
@@ -303,7 +319,7 @@ pub fn restore(
         snapshot: k,
         cause: cause.to_string(),
     };
-    let mut writes = Writes::from_env();
+    let mut writes = crate::durable::CrashHook::from_env(CRASH_AFTER_ENV, "restore");
     if marked.is_none() {
         // Nothing is written yet if this fails.
         write_marker(data_dir, k).map_err(|e| {
@@ -324,7 +340,7 @@ pub fn restore(
     let mut open: Vec<SledStore> = Vec::with_capacity(n);
     for (b, ((st, parts, wipe), found)) in plans.into_iter().zip(stores).enumerate() {
         let mut store = match found {
-            Found::Open(s) => s,
+            Found::Open(s) => *s,
             Found::Missing | Found::Corrupt(_) => {
                 if let Found::Corrupt(what) = &found {
                     let kept = set_aside(data_dir, &dirs[b])
@@ -368,36 +384,6 @@ fn unfinished_other(other: SnapshotId) -> RestoreError {
     RestoreError::Refused(format!(
         "an unfinished `snapctl restore --snapshot {other}` must be finished first: run it again; then restore another snapshot if you still want to"
     ))
-}
-
-/// Durable writes so far, for the test hook.
-struct Writes {
-    done: u64,
-    crash_after: Option<u64>,
-}
-
-impl Writes {
-    fn from_env() -> Writes {
-        Writes {
-            done: 0,
-            crash_after: std::env::var(CRASH_AFTER_ENV)
-                .ok()
-                .and_then(|v| v.trim().parse().ok()),
-        }
-    }
-
-    /// One more durable write is done; the test hook's crash comes here.
-    fn done(&mut self) {
-        self.done += 1;
-        if self.crash_after == Some(self.done) {
-            eprintln!(
-                "restore: {CRASH_AFTER_ENV}={}: killing this process after that many writes (test hook)",
-                self.done
-            );
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-            std::process::abort();
-        }
-    }
 }
 
 /// Writes [`MARKER_FILE`], atomically and durably.
@@ -459,7 +445,7 @@ fn set_aside(data_dir: &Path, dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// Snapshot ids as runs: `1-3, 5, 7-260`.
-fn id_ranges(ids: &[SnapshotId]) -> String {
+pub(crate) fn id_ranges(ids: &[SnapshotId]) -> String {
     if ids.is_empty() {
         return "none".to_string();
     }

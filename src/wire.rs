@@ -139,6 +139,7 @@ mod tests {
                     history_from: SnapshotId(3),
                     pruned_below: SnapshotId(1),
                     compacted: vec![Seq(0), Seq(4)],
+                    genesis: Some(1000),
                 },
             }),
             Message::Reply(Reply::Status(BranchStatus {

@@ -139,6 +139,7 @@ fn a_client_without_the_key_is_refused_and_moves_no_money() {
     let pre = Preamble {
         mode: Mode::Noise,
         cluster,
+        epoch: 0,
         from: BranchId(0),
         to: BranchId(1),
     };
@@ -356,6 +357,7 @@ fn a_branch_cannot_claim_another_branchs_identity() {
     let pre = Preamble {
         mode: Mode::Noise,
         cluster: cluster_id(&c),
+        epoch: 0,
         from: BranchId(0),
         to: BranchId(1),
     };

@@ -7,7 +7,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use snapbank::hosts::HostList;
-use snapbank::secure::{initiate, respond, BranchKeys, ClusterKey, Mode, Preamble, SecureCodec};
+use snapbank::secure::{
+    initiate, respond, BranchKeys, ClusterKey, Mode, Preamble, SecureCodec, PREAMBLE_LEN,
+};
 use snapbank::snapshot::{ChannelRecord, LocalPart};
 use snapbank::types::{BranchId, Seq, SnapshotId};
 use snapbank::wire::{
@@ -369,6 +371,7 @@ fn session() -> (SecureCodec, SecureCodec) {
     let p = Preamble {
         mode: Mode::Noise,
         cluster: 7,
+        epoch: 0,
         from: BranchId(0),
         to: BranchId(1),
     };
@@ -712,14 +715,15 @@ proptest! {
 
     #[test]
     fn arbitrary_handshake_bytes_never_panic(
-        pre in vec(any::<u8>(), 22),
+        pre in vec(any::<u8>(), PREAMBLE_LEN),
         msg in vec(any::<u8>(), 0..300),
     ) {
-        let pre: [u8; 22] = pre.try_into().unwrap();
+        let pre: [u8; PREAMBLE_LEN] = pre.try_into().unwrap();
         let _ = Preamble::decode(&pre);
         let p = Preamble {
             mode: Mode::Noise,
             cluster: 7,
+            epoch: 3,
             from: BranchId(0),
             to: BranchId(1),
         };
@@ -732,12 +736,14 @@ proptest! {
     fn preambles_round_trip(
         noise in any::<bool>(),
         cluster in any::<u64>(),
+        epoch in any::<u64>(),
         from in branch(),
         to in branch(),
     ) {
         let p = Preamble {
             mode: if noise { Mode::Noise } else { Mode::Insecure },
             cluster,
+            epoch,
             from,
             to,
         };

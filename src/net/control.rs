@@ -100,6 +100,7 @@ async fn exchange(
             Mode::Insecure
         },
         cluster: 0,
+        epoch: 0,
         from: OPERATOR,
         to,
     };
@@ -281,8 +282,12 @@ fn fit_in_frame(reply: Reply) -> Message {
 }
 
 /// What a branch no longer keeps, as the operator channel reports it.
-pub fn retention(st: &DurableState) -> Retention {
+pub fn retention(st: &DurableState, identity: &crate::store::Identity) -> Retention {
     Retention {
+        genesis: identity
+            .genesis_balances()
+            .get(identity.me.index())
+            .copied(),
         history_from: st.history_from,
         pruned_below: st.pruned_below,
         compacted: st.out.iter().map(|o| o.compacted).collect(),
@@ -372,7 +377,7 @@ impl Console {
                 let _ = p.reply.send(match parts {
                     Ok(parts) => Reply::Parts {
                         parts,
-                        retention: retention(core.state()),
+                        retention: retention(core.state(), store.identity()),
                     },
                     Err(e) => failed(e),
                 });

@@ -59,6 +59,8 @@ pub async fn run_branch(
             addr: my_addr,
             source,
         })?;
+    let mut cfg = cfg;
+    cfg.adopt(store.identity());
     let ready = cfg.ready.clone();
     let mut core_loop = CoreLoop::open(cfg, store, listener)?;
     core_loop.observe_metrics();

@@ -72,6 +72,7 @@ async fn secure_dial(
     let pre = Preamble {
         mode: cfg.security.mode(),
         cluster: cfg.cluster_id,
+        epoch: cfg.epoch,
         from: cfg.core.me,
         to: peer,
     };
@@ -105,7 +106,8 @@ pub(super) async fn secure_accept(
     let peer = if pre.from == secure::OPERATOR && pre.to == cfg.core.me {
         secure::OPERATOR
     } else {
-        check_claim(cfg, pre.cluster, pre.from, pre.to, remote).map_err(HandshakeError::Refused)?
+        check_claim(cfg, pre.cluster, Some(pre.epoch), pre.from, pre.to, remote)
+            .map_err(HandshakeError::Refused)?
     };
     let ours = cfg.security.mode();
     if pre.mode != ours {
@@ -183,13 +185,14 @@ pub(super) fn check_hello(
     let Message::Hello { cluster, from, to } = hello else {
         return Err(format!("first frame is {}, not Hello", kind(hello)));
     };
-    check_claim(cfg, *cluster, *from, *to, remote)
+    check_claim(cfg, *cluster, None, *from, *to, remote)
 }
 
 /// Whether a caller claiming to be `from` of `cluster`, calling `to`, from `remote` may be it.
 fn check_claim(
     cfg: &NodeConfig,
     cluster: u64,
+    epoch: Option<u64>,
     from: BranchId,
     to: BranchId,
     remote: SocketAddr,
@@ -200,11 +203,27 @@ fn check_claim(
             "an operator (snapctl) asked for branch {to}, this is {me}; does its host.list differ?"
         ));
     }
-    if cluster != cfg.cluster_id {
-        return Err(format!(
-            "cluster {cluster:016x} is not ours ({:016x}); check host.list and --initial-balance",
-            cfg.cluster_id
-        ));
+    match epoch {
+        Some(e) if cluster != cfg.cluster_id && e != cfg.epoch => {
+            return Err(format!(
+                "{} is of epoch {e} (cluster {cluster:016x}), this branch of epoch {} (cluster {:016x}); run every branch on the stores `snapctl reshape` wrote for one epoch",
+                cfg.hosts
+                    .branches
+                    .get(from.index())
+                    .map_or_else(|| from.to_string(), |a| a.to_string()),
+                cfg.epoch,
+                cfg.cluster_id
+            ))
+        }
+        _ if cluster != cfg.cluster_id => {
+            return Err(format!(
+                "cluster {cluster:016x} (epoch {}) is not ours ({:016x}, epoch {}); check host.list and --initial-balance",
+                epoch.map_or_else(|| "?".to_string(), |e| e.to_string()),
+                cfg.cluster_id,
+                cfg.epoch
+            ))
+        }
+        _ => {}
     }
     if from.index() >= cfg.hosts.len() || from == me {
         return Err(format!("unknown branch {from}"));

@@ -51,7 +51,11 @@ const STOP_FLUSH_TIME_MAX: Duration = Duration::from_millis(500);
 pub struct NodeConfig {
     pub hosts: HostList,
     pub core: CoreConfig,
+    /// The cluster id every peer must share: the store's (an epoch `snapctl reshape` made has
+    /// its own, [`NodeConfig::adopt`]).
     pub cluster_id: u64,
+    /// The cluster epoch (0 until the first reshape), named in refusals.
+    pub epoch: u64,
     /// Noise with the cluster key, or `--insecure` plain frames.
     pub security: Security,
     pub pace: Pace,
@@ -76,6 +80,16 @@ pub struct NodeConfig {
     /// Notified once the branch serves (store recovered, port listening; links may still be
     /// coming up): the daemon tells systemd `READY=1` then.
     pub ready: Arc<tokio::sync::Notify>,
+}
+
+impl NodeConfig {
+    /// Runs as the cluster the store belongs to: a reshaped store carries its epoch's cluster
+    /// id and expected total, whatever `--initial-balance` says.
+    pub fn adopt(&mut self, identity: &crate::store::Identity) {
+        self.cluster_id = identity.cluster_id;
+        self.epoch = identity.epoch_number();
+        self.core.epoch_total = identity.epoch.as_ref().map(|e| e.expected_total);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -130,6 +130,28 @@ impl ClusterKey {
         ClusterKey { psk, branches }
     }
 
+    /// The key file of the cluster `snapctl reshape` makes: the same pre-shared key, the same
+    /// key pair for every branch in `keep` (its address unchanged), and a fresh one for each
+    /// other branch of `hosts` (a new branch, or one moved to a new address: the old host's copy
+    /// of its private key is then of no use). The removed branches' keys are gone.
+    pub fn reshaped(&self, hosts: &HostList, keep: &[SocketAddr]) -> ClusterKey {
+        let fresh = ClusterKey::generate(hosts);
+        ClusterKey {
+            psk: self.psk,
+            branches: fresh
+                .branches
+                .into_iter()
+                .map(|new| {
+                    self.branches
+                        .iter()
+                        .find(|old| old.addr == new.addr && keep.contains(&new.addr))
+                        .cloned()
+                        .unwrap_or(new)
+                })
+                .collect(),
+        }
+    }
+
     /// The same key with private keys only for the branches on `ip`.
     pub fn for_host(&self, ip: IpAddr) -> ClusterKey {
         ClusterKey {

@@ -45,11 +45,12 @@ pub const NOISE_OPERATOR_PARAMS: &str = "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s";
 /// The caller named in the preamble of an operator's control connection.
 pub const OPERATOR: BranchId = BranchId(u16::MAX);
 /// Length of the preamble.
-pub const PREAMBLE_LEN: usize = 22;
+pub const PREAMBLE_LEN: usize = 30;
 /// Handshake messages are 48 bytes; anything much longer is refused before reading it.
 pub const HANDSHAKE_MESSAGE_MAX: usize = 256;
 const MAGIC: &[u8; 8] = b"SNAPBANK";
-const VERSION: u8 = 1;
+/// 2: the preamble names the caller's cluster epoch (`snapctl reshape`).
+const VERSION: u8 = 2;
 const PROLOGUE_TAG: &[u8] = b"snapbank/1 Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s ";
 
 /// How a branch protects its connections.
@@ -90,6 +91,9 @@ impl std::fmt::Display for Mode {
 pub struct Preamble {
     pub mode: Mode,
     pub cluster: u64,
+    /// The caller's cluster epoch (0 until the first `snapctl reshape`), so a refusal can
+    /// name both.
+    pub epoch: u64,
     pub from: BranchId,
     pub to: BranchId,
 }
@@ -133,6 +137,7 @@ impl Preamble {
         b[10..18].copy_from_slice(&self.cluster.to_be_bytes());
         b[18..20].copy_from_slice(&self.from.0.to_be_bytes());
         b[20..22].copy_from_slice(&self.to.0.to_be_bytes());
+        b[22..30].copy_from_slice(&self.epoch.to_be_bytes());
         b
     }
 
@@ -151,9 +156,12 @@ impl Preamble {
         let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
         let mut cluster = [0u8; 8];
         cluster.copy_from_slice(&b[10..18]);
+        let mut epoch = [0u8; 8];
+        epoch.copy_from_slice(&b[22..30]);
         Ok(Preamble {
             mode,
             cluster: u64::from_be_bytes(cluster),
+            epoch: u64::from_be_bytes(epoch),
             from: BranchId(u16_at(18)),
             to: BranchId(u16_at(20)),
         })

@@ -20,6 +20,7 @@ fn pre(from: u16, to: u16) -> Preamble {
     Preamble {
         mode: Mode::Noise,
         cluster: 7,
+        epoch: 0,
         from: BranchId(from),
         to: BranchId(to),
     }

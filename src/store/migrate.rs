@@ -5,6 +5,10 @@
 //!   transfers to a peer (a step's transfers to one peer are one write, not one per transfer).
 //! - v3 (`migrations/0003_compaction.md`): the state records per channel how far the transfer
 //!   log is compacted, and how far old snapshots are pruned.
+//! - v4 (`migrations/0004_epochs.md`): the identity may name the cluster epoch `snapctl
+//!   reshape` made. Nothing is rewritten (an identity without one is epoch 0); the version
+//!   keeps a v3 build, which would take a reshaped store's genesis for `--initial-balance` ×
+//!   branches, from opening it.
 //!
 //! Every step is crash-safe. It first records, atomically, the new schema version together with
 //! `m:upgrading` (the version it upgrades from), so from then on an older build refuses the
@@ -79,6 +83,8 @@ fn run_step<K: Kv>(kv: &mut K, v: u32) -> Result<(), KvError> {
     match v {
         1 => v1_to_v2(kv)?,
         2 => v2_to_v3(kv)?,
+        // The identity's new field is optional: an identity without it is epoch 0.
+        3 => {}
         _ => {
             return Err(KvError::Corrupt(format!(
                 "no upgrade step from schema v{v}"

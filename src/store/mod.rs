@@ -1,6 +1,6 @@
 //! Durable state of one branch: one key-value tree, values in CBOR.
 //!
-//! The key layout (schema v3, see `migrations/0003_compaction.md`) keeps every write of a step
+//! The key layout (schema v4, see `migrations/0004_epochs.md`) keeps every write of a step
 //! in one tree so a whole [`WriteBatch`] is applied atomically and flushed once (group commit):
 //!
 //! | key                          | value                          |
@@ -10,6 +10,7 @@
 //! | `m:starts`                   | times `bank` started a branch on this store (u64); absent: 0 |
 //! | `m:start` n(u64 BE)          | when start `n` (0: the first) happened, Unix µs (u64); written with `m:starts`, the latest [`START_RECORDS_MAX`] kept; absent in stores started only by older builds |
 //! | `m:restoring`                | while `snapctl restore` rewrites the cluster: the snapshot it restores (u64); no branch starts on the store |
+//! | `m:retired`                  | set by `snapctl reshape` on every store of the epoch it ended: the epoch that replaced it (u64); no branch starts on the store, the audit still reads it |
 //! | `s`                          | [`DurableState`]               |
 //! | `r` peer(u16 BE) first(u64 BE) | a run of outgoing transfers `first, first+1, …`: their amounts; compacted once acknowledged and before the latest completed snapshot's cut |
 //! | `p` snapshot(u64 BE)         | this branch's [`LocalPart`] (the latest `--keep-snapshots`) |
@@ -19,6 +20,7 @@
 //! [`BankStore`] holds the layout over any [`Kv`]: [`SledKv`] on disk, [`MemKv`] in memory (its
 //! twin for tests and the simulator: same keys, same encoding, same checks).
 
+pub mod epoch;
 mod kv;
 pub mod migrate;
 
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Most transfers in one run value (a step's transfers to one peer form one run, split at this).
 pub const RUN_TRANSFERS_MAX: usize = 4096;
@@ -54,6 +56,9 @@ pub const START_RECORDS_MAX: u64 = 4096;
 /// Present while `snapctl restore` rewrites the cluster: the snapshot it restores (u64). No
 /// branch starts on a store that has it (see `crate::restore`).
 const KEY_RESTORING: &[u8] = b"m:restoring";
+/// Set by `snapctl reshape` on the stores of the epoch it ended: the epoch that replaced them
+/// (u64). No branch starts on such a store (see `crate::reshape`).
+const KEY_RETIRED: &[u8] = b"m:retired";
 pub(crate) const KEY_STATE: &[u8] = b"s";
 
 /// Which cluster and which branch a store belongs to.
@@ -64,7 +69,13 @@ pub struct Identity {
     /// The host.list entries, canonical, in order.
     pub branches: Vec<String>,
     pub me: BranchId,
+    /// Epoch 0: what every branch started with. A reshaped store keeps its epoch 0's value
+    /// (the genesis balances are [`Identity::epoch`]'s).
     pub initial_balance: Amount,
+    /// `None`: epoch 0, made from `host.list` and `--initial-balance`. Else the epoch
+    /// `snapctl reshape` made (its `cluster_id` is [`epoch::epoch_cluster_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<epoch::Epoch>,
 }
 
 impl Identity {
@@ -75,11 +86,54 @@ impl Identity {
             branches,
             me,
             initial_balance,
+            epoch: None,
         }
     }
 
+    /// The identity of branch `me` of a reshaped cluster.
+    pub fn of_epoch(
+        branches: Vec<String>,
+        me: BranchId,
+        initial_balance: Amount,
+        epoch: epoch::Epoch,
+    ) -> Identity {
+        Identity {
+            cluster_id: epoch::epoch_cluster_id(&epoch, &branches),
+            branches,
+            me,
+            initial_balance,
+            epoch: Some(epoch),
+        }
+    }
+
+    /// What every snapshot of this cluster must total.
     pub fn genesis_total(&self) -> Amount {
-        self.initial_balance * self.branches.len() as Amount
+        match &self.epoch {
+            Some(e) => e.expected_total,
+            None => self.initial_balance * self.branches.len() as Amount,
+        }
+    }
+
+    /// What each branch held when this epoch began, in branch order.
+    pub fn genesis_balances(&self) -> Vec<Amount> {
+        match &self.epoch {
+            Some(e) => e.genesis.clone(),
+            None => vec![self.initial_balance; self.branches.len()],
+        }
+    }
+
+    /// The epoch's number: 0 until the first `snapctl reshape`.
+    pub fn epoch_number(&self) -> u64 {
+        self.epoch.as_ref().map_or(0, |e| e.number)
+    }
+
+    /// Epoch and cluster id, as the messages name them: `epoch 2 (cluster 1f…)`.
+    pub fn epoch_name(&self) -> String {
+        format!(
+            "epoch {} (cluster {:016x})",
+            self.epoch_number(),
+            self.cluster_id
+        )
     }
 
     pub fn initiator(&self) -> BranchId {
@@ -138,6 +192,12 @@ pub enum StoreError {
     /// may or may not be rewritten yet, so no branch may start on it.
     #[error("store {path} is part of an unfinished `snapctl restore --snapshot {snapshot}`; run it again to finish")]
     RestoreUnfinished { path: PathBuf, snapshot: SnapshotId },
+    /// `snapctl reshape` committed a new epoch and has not put its stores in place yet.
+    #[error("store {path} is part of an unfinished `snapctl reshape` to epoch {epoch}; run that reshape again (same --snapshot and --to) to finish it")]
+    ReshapeUnfinished { path: PathBuf, epoch: u64 },
+    /// A store of an epoch that `snapctl reshape` ended: kept for the audit only.
+    #[error("store {path} was retired when `snapctl reshape` made epoch {epoch}: it is kept only for `snapctl audit` (and `snapctl reshape --purge` deletes it); start the branches on the stores of epoch {epoch}")]
+    Retired { path: PathBuf, epoch: u64 },
 }
 
 /// A branch's store over a key-value backend.
@@ -838,15 +898,37 @@ impl<K: Kv> BankStore<K> {
         self.kv.apply(vec![op], true).map_err(|e| self.kv_error(e))
     }
 
-    /// The error a branch stops with on a store an unfinished restore marked.
+    /// The error a branch stops with on a store an unfinished restore marked, or one a reshape
+    /// retired.
     pub fn refuse_if_restoring(&self) -> Result<(), StoreError> {
-        match self.restoring()? {
-            Some(snapshot) => Err(StoreError::RestoreUnfinished {
+        if let Some(snapshot) = self.restoring()? {
+            return Err(StoreError::RestoreUnfinished {
                 path: self.path.clone(),
                 snapshot,
+            });
+        }
+        match self.retired()? {
+            Some(epoch) => Err(StoreError::Retired {
+                path: self.path.clone(),
+                epoch,
             }),
             None => Ok(()),
         }
+    }
+
+    /// The epoch that replaced this store's, if `snapctl reshape` retired it.
+    pub fn retired(&self) -> Result<Option<u64>, StoreError> {
+        match self.kv.get(KEY_RETIRED).map_err(|e| self.kv_error(e))? {
+            Some(bytes) => Ok(Some(decode(&self.path, "retired mark", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Marks the store, durably, as retired by the reshape that made `epoch`.
+    pub fn set_retired(&mut self, epoch: u64) -> Result<(), StoreError> {
+        self.kv
+            .apply(vec![Op::Put(KEY_RETIRED.to_vec(), enc(&epoch))], true)
+            .map_err(|e| self.kv_error(e))
     }
 
     /// Flushes everything to disk.
@@ -864,9 +946,16 @@ fn check_identity(path: &Path, found: &Identity, want: &Identity) -> Result<(), 
     };
     if found.branches != want.branches {
         return mismatch(format!(
-            "it was made with host.list [{}], but this host.list names [{}]",
+            "it was made with host.list [{}], but this host.list names [{}]{}",
             found.branches.join(" "),
-            want.branches.join(" ")
+            want.branches.join(" "),
+            match &found.epoch {
+                Some(e) => format!(
+                    " (`snapctl reshape` made it for epoch {}: run the branches with the host.list it was given)",
+                    e.number
+                ),
+                None => String::new(),
+            }
         ));
     }
     if found.me != want.me {
@@ -876,14 +965,23 @@ fn check_identity(path: &Path, found: &Identity, want: &Identity) -> Result<(), 
             want.branches[want.me.index().min(want.branches.len() - 1)]
         ));
     }
-    if found.initial_balance != want.initial_balance {
+    // A reshaped store's genesis is its epoch's, whatever --initial-balance says now; the
+    // branch takes its identity (and the cluster id its peers must share) from the store.
+    if found.epoch.is_some() && want.epoch.is_none() {
+        return Ok(());
+    }
+    if found.epoch.is_none() && found.initial_balance != want.initial_balance {
         return mismatch(format!(
             "it was made with --initial-balance {}, not {}",
             found.initial_balance, want.initial_balance
         ));
     }
     if found.cluster_id != want.cluster_id {
-        return mismatch("cluster id differs".into());
+        return mismatch(format!(
+            "it is of {}, not of {}",
+            found.epoch_name(),
+            want.epoch_name()
+        ));
     }
     Ok(())
 }
@@ -911,6 +1009,7 @@ mod tests {
             branches: 3,
             initiator: BranchId(0),
             initial_balance: 1000,
+            epoch_total: None,
             amount_max: 10,
             unacked_per_channel_max: 100,
             live_snapshots_max: 4,

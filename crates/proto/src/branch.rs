@@ -45,6 +45,9 @@ pub struct CoreConfig {
     pub initiator: BranchId,
     /// Money every branch starts with.
     pub initial_balance: Amount,
+    /// What every snapshot must total in a cluster `snapctl reshape` made (whose branches began
+    /// with unequal balances, recorded in their stores); `None`: `initial_balance` × branches.
+    pub epoch_total: Option<Amount>,
     /// Largest single transfer.
     pub amount_max: Amount,
     /// Unacknowledged transfers allowed per outgoing channel before that channel stops taking
@@ -63,7 +66,8 @@ pub struct CoreConfig {
 
 impl CoreConfig {
     pub fn genesis_total(&self) -> Amount {
-        self.initial_balance * self.branches as Amount
+        self.epoch_total
+            .unwrap_or(self.initial_balance * self.branches as Amount)
     }
 
     /// Checks what the types cannot, naming the setting: the cluster size against

@@ -149,6 +149,10 @@ pub struct Retention {
     pub pruned_below: SnapshotId,
     /// Per peer (own index unused): log entries up to this seq may have been dropped.
     pub compacted: Vec<Seq>,
+    /// What this branch held at its epoch's genesis, where its ledger begins (`None` from
+    /// builds before epochs: the initial balance, the same at every branch).
+    #[serde(default)]
+    pub genesis: Option<Amount>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

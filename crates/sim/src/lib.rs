@@ -871,6 +871,7 @@ impl<'a> Sim<'a> {
                 branches: n as u16,
                 initiator: BranchId(0),
                 initial_balance: opts.initial_balance,
+                epoch_total: None,
                 amount_max: opts.amount_max,
                 unacked_per_channel_max: opts.unacked_per_channel_max,
                 live_snapshots_max: opts.live_snapshots_max,
@@ -883,6 +884,7 @@ impl<'a> Sim<'a> {
                 branches: entries.clone(),
                 me: cfg.me,
                 initial_balance: opts.initial_balance,
+                epoch: None,
             };
             let store = MemStore::new_mem(&identity);
             let rec = store.recover(&cfg).expect("a fresh store recovers");
@@ -932,6 +934,7 @@ impl<'a> Sim<'a> {
                 branches: entries,
                 me: BranchId(0),
                 initial_balance: opts.initial_balance,
+                epoch: None,
             }),
             checker_runs: 0,
         }

@@ -33,6 +33,7 @@ fn config(n: usize, me: usize) -> CoreConfig {
         branches: n as u16,
         initiator: b(0),
         initial_balance: INITIAL,
+        epoch_total: None,
         amount_max: 100,
         unacked_per_channel_max: 1000,
         live_snapshots_max: 16,
@@ -49,6 +50,7 @@ fn identity(cfg: &CoreConfig) -> Identity {
         branches: (0..cfg.branches).map(entry).collect(),
         me: cfg.me,
         initial_balance: cfg.initial_balance,
+        epoch: None,
     }
 }
 

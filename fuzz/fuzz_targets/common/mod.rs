@@ -60,6 +60,7 @@ pub fn preamble() -> Preamble {
     Preamble {
         mode: Mode::Noise,
         cluster: CLUSTER,
+        epoch: 0,
         from: BranchId(0),
         to: LISTENER,
     }

@@ -28,6 +28,11 @@ enum Cmd {
     /// Rewind every store of a stopped cluster to completed snapshot K (a lost store is rebuilt
     /// from the initiator's copy); the cluster then restarts from K with the total intact.
     Restore(cmd::restore::Restore),
+    /// Make the next epoch of a stopped cluster from completed snapshot K: the branches of a new
+    /// host.list, each keeping what it held at K (--move for a new address), closed branches'
+    /// money to --give-to, new ones funded (--fund) or minted (--mint). --purge deletes the
+    /// stores of ended epochs.
+    Reshape(cmd::reshape::Reshape),
     /// Write a new cluster key file (mode 0600): a pre-shared key plus a key pair per branch of
     /// host.list. Copy it to every host of the cluster, like host.list.
     Keygen(cmd::keygen::Keygen),
@@ -59,6 +64,7 @@ impl Cmd {
             Cmd::Snapshots(c) => c.json(),
             Cmd::Status(c) => c.json(),
             Cmd::Snapshot(c) => c.json(),
+            Cmd::Reshape(c) => c.json(),
             Cmd::Restore(_)
             | Cmd::Keygen(_)
             | Cmd::Report(_)
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
     let outcome = match cmd {
         Cmd::Audit(c) => c.run(),
         Cmd::Restore(c) => c.run(),
+        Cmd::Reshape(c) => c.run(),
         Cmd::Keygen(c) => c.run(),
         Cmd::Snapshots(c) => c.run(),
         Cmd::Report(c) => c.run(),

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod docs;
 pub mod keygen;
 pub mod report;
+pub mod reshape;
 pub mod restore;
 pub mod snapshot;
 pub mod snapshots;
