@@ -264,41 +264,82 @@ pub fn audit(data_dir: &Path, hosts: Option<&HostList>) -> Result<AuditReport, A
 }
 
 /// Every epoch back from the current one, as far as the stores (or records) go, and each
-/// boundary between them (see [`crate::store::epoch::Epoch::check_arithmetic`] and
+/// boundary between them (see [`crate::lineage`],
+/// [`crate::store::epoch::Epoch::check_arithmetic`] and
 /// [`crate::store::epoch::Epoch::check_cut`]).
 fn audit_epochs(
     data_dir: &Path,
     current: &Cluster,
     report: &AuditReport,
 ) -> Result<Vec<EpochReport>, AuditError> {
-    let retired: BTreeMap<u64, PathBuf> = crate::reshape::retired_epochs(data_dir)
-        .into_iter()
-        .collect();
+    use crate::lineage::{lineage, Stores};
+    let chain = lineage(data_dir, &current.identity)?;
     let mut out: Vec<EpochReport> = Vec::new();
-    let mut this = EpochReport {
+    for e in &chain.ended {
+        out.push(match &e.cluster {
+            Some(c) => {
+                let r = audit_cluster(c)?;
+                EpochReport {
+                    epoch: e.number,
+                    cluster_id: format!("{:016x}", e.cluster_id),
+                    branches: e.names.clone(),
+                    expected_total: r.expected_total,
+                    stores: Stores::Retired.as_str(),
+                    consistent: r.consistent,
+                    snapshots_checked: r.snapshots_checked,
+                    last_snapshot: r.last_snapshot,
+                    violations: r.violations,
+                    began: None,
+                }
+            }
+            None => EpochReport {
+                epoch: e.number,
+                cluster_id: format!("{:016x}", e.cluster_id),
+                branches: e.names.clone(),
+                expected_total: e.expected_total,
+                stores: Stores::Purged.as_str(),
+                consistent: true,
+                snapshots_checked: 0,
+                last_snapshot: None,
+                violations: Vec::new(),
+                began: None,
+            },
+        });
+    }
+    out.push(EpochReport {
         epoch: current.identity.epoch_number(),
         cluster_id: format!("{:016x}", current.identity.cluster_id),
         branches: current.names.clone(),
         expected_total: report.expected_total,
-        stores: "current",
+        stores: Stores::Current.as_str(),
         consistent: report.consistent,
         snapshots_checked: report.snapshots_checked,
         last_snapshot: report.last_snapshot,
         violations: Vec::new(),
         began: None,
-    };
-    let mut identity = current.identity.clone();
-    // Back through the records: each epoch names the one before.
-    while let Some(ep) = identity.epoch.clone() {
-        let names = crate::check::names_of(&identity);
+    });
+    // Each boundary: out[i + 1] began from out[i] as chain.began[i] records.
+    for (i, ep) in chain.began.iter().enumerate() {
+        let prev = &chain.ended[i];
+        let names = out[i + 1].branches.clone();
         let mut bad = ep.check_arithmetic(&names);
-        let prev = ep.from.epoch;
-        let old_names: Vec<String> = ep
-            .from
-            .branches
-            .iter()
-            .map(|b| b.strip_suffix(":S").unwrap_or(b).to_string())
-            .collect();
+        bad.extend(prev.mismatch.clone());
+        let against = match &prev.cluster {
+            Some(c) => {
+                match c.initiator().global(Some(ep.from.snapshot))? {
+                    Some(g) => bad.extend(ep.check_cut(&g)),
+                    None => bad.push(format!(
+                        "epoch {}: began from snapshot {} of epoch {}, which that epoch's initiator ({}) does not hold",
+                        ep.number,
+                        ep.from.snapshot,
+                        prev.number,
+                        c.initiator().path().display()
+                    )),
+                }
+                "snapshot"
+            }
+            None => "record",
+        };
         let moves = ep
             .from
             .moves
@@ -306,72 +347,15 @@ fn audit_epochs(
             .map(|m| crate::reshape::MoveLine {
                 from: m
                     .from
-                    .and_then(|i| old_names.get(i as usize).cloned())
+                    .and_then(|i| prev.names.get(i as usize).cloned())
                     .unwrap_or_else(|| "(minted)".to_string()),
                 to: names.get(m.to as usize).cloned().unwrap_or_default(),
                 amount: m.amount,
                 why: m.why,
             })
             .collect();
-        let (prev_report, prev_identity, against) = match retired.get(&prev) {
-            Some(dir) => {
-                let c = Cluster::open_retired(dir)?;
-                if c.identity.cluster_id != ep.from.cluster_id
-                    || c.identity.branches != ep.from.branches
-                {
-                    bad.push(format!(
-                        "epoch {}: began from {} of [{}], but {} holds {} of [{}]",
-                        ep.number,
-                        format_args!("epoch {prev} (cluster {:016x})", ep.from.cluster_id),
-                        ep.from.branches.join(" "),
-                        dir.display(),
-                        c.identity.epoch_name(),
-                        c.identity.branches.join(" ")
-                    ));
-                }
-                match c.initiator().global(Some(ep.from.snapshot))? {
-                    Some(g) => bad.extend(ep.check_cut(&g)),
-                    None => bad.push(format!(
-                        "epoch {}: began from snapshot {} of epoch {prev}, which that epoch's initiator ({}) does not hold",
-                        ep.number,
-                        ep.from.snapshot,
-                        c.initiator().path().display()
-                    )),
-                }
-                let r = audit_cluster(&c)?;
-                let er = EpochReport {
-                    epoch: c.identity.epoch_number(),
-                    cluster_id: format!("{:016x}", c.identity.cluster_id),
-                    branches: c.names.clone(),
-                    expected_total: r.expected_total,
-                    stores: "retired",
-                    consistent: r.consistent,
-                    snapshots_checked: r.snapshots_checked,
-                    last_snapshot: r.last_snapshot,
-                    violations: r.violations,
-                    began: None,
-                };
-                (er, Some(c.identity.clone()), "snapshot")
-            }
-            None => (
-                EpochReport {
-                    epoch: prev,
-                    cluster_id: format!("{:016x}", ep.from.cluster_id),
-                    branches: old_names.clone(),
-                    expected_total: ep.from.expected_total as u128,
-                    stores: "purged",
-                    consistent: true,
-                    snapshots_checked: 0,
-                    last_snapshot: None,
-                    violations: Vec::new(),
-                    began: None,
-                },
-                None,
-                "record",
-            ),
-        };
-        this.began = Some(Boundary {
-            from_epoch: prev,
+        out[i + 1].began = Some(Boundary {
+            from_epoch: prev.number,
             snapshot: ep.from.snapshot.0,
             minted: ep.minted,
             checked_against: against,
@@ -379,15 +363,7 @@ fn audit_epochs(
             consistent: bad.is_empty(),
             violations: bad,
         });
-        out.push(this);
-        this = prev_report;
-        match prev_identity {
-            Some(id) => identity = id,
-            None => break,
-        }
     }
-    out.push(this);
-    out.reverse();
     Ok(out)
 }
 

@@ -31,6 +31,8 @@
 //! - [`restore`]: rewind a stopped cluster to a completed snapshot (→ audit, store, durable)
 //! - [`reshape`]: make the next epoch of a stopped cluster, with other branches, from a completed
 //!   snapshot (→ audit, store, secure, durable)
+//! - [`lineage`]: the chain of epochs a data directory holds, back through each epoch's record
+//!   (→ audit, reshape)
 //! - [`report`]: the `snapctl report` page: `figures` (what is computed), `chart` (SVG), `page`
 //!   (HTML) (→ audit)
 //! - [`hosts`]: the `host.list` format and its limits
@@ -42,6 +44,7 @@ pub mod core;
 pub mod daemon;
 pub mod durable;
 pub mod hosts;
+pub mod lineage;
 pub mod live_audit;
 pub mod net;
 pub mod report;
