@@ -135,3 +135,140 @@ pub fn lineage(data_dir: &Path, current: &Identity) -> Result<Lineage, AuditErro
     began.reverse();
     Ok(Lineage { ended, began })
 }
+
+impl Lineage {
+    /// The ended epoch numbered `epoch`, if this chain holds it.
+    pub fn ended(&self, epoch: u64) -> Option<&Ended> {
+        self.ended.iter().find(|e| e.number == epoch)
+    }
+
+    /// Takes out the retired stores of the ended epoch numbered `epoch`: `Err` with one line
+    /// when the chain does not hold it or its stores were purged.
+    pub fn into_retired(self, epoch: u64, current: u64) -> Result<Cluster, String> {
+        let known = || {
+            let mut all: Vec<String> = self.ended.iter().map(|e| e.number.to_string()).collect();
+            all.push(current.to_string());
+            all.join(", ")
+        };
+        if self.ended(epoch).is_none() {
+            return Err(format!(
+                "no epoch {epoch} in this data directory: it holds epochs {}",
+                known()
+            ));
+        }
+        let dir = self.ended(epoch).and_then(|e| e.dir.clone());
+        match self.ended.into_iter().find(|e| e.number == epoch) {
+            Some(Ended {
+                cluster: Some(c), ..
+            }) => Ok(c),
+            _ => Err(format!(
+                "epoch {epoch}'s stores were purged by snapctl reshape --purge{}: only the next \
+                 epoch's record of it remains (snapctl audit checks it)",
+                dir.map(|d| format!(" ({})", d.display()))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// One epoch as `snapctl snapshots` and `snapctl report` list it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochSummary {
+    pub epoch: u64,
+    /// `current`, `retired` or `purged` ([`Stores::as_str`]).
+    pub stores: &'static str,
+    /// Addresses in branch order, the initiator's with `:S`.
+    pub branches: Vec<String>,
+    pub expected_total: u128,
+    /// How it began (`None`: epoch 0, from host.list).
+    pub began: Option<Began>,
+    /// Its completed snapshots' ids in order (`None`: purged, unknown).
+    pub snapshots: Option<Vec<u64>>,
+    /// Whether each of them holds its expected total (`None`: purged).
+    pub conserved: Option<bool>,
+}
+
+/// Where an epoch came from, in brief.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Began {
+    pub from_epoch: u64,
+    pub snapshot: u64,
+    pub minted: u64,
+}
+
+/// Every epoch of `current`'s data directory, oldest first, the current one last.
+pub fn summaries(data_dir: &Path, current: &Cluster) -> Result<Vec<EpochSummary>, AuditError> {
+    let chain = lineage(data_dir, &current.identity)?;
+    let began = |epoch: u64| {
+        chain.began(epoch).map(|b| Began {
+            from_epoch: b.from.epoch,
+            snapshot: b.from.snapshot.0,
+            minted: b.minted,
+        })
+    };
+    let of = |c: &Cluster| -> Result<(Vec<u64>, bool), AuditError> {
+        let globals = c.initiator().globals()?;
+        let conserved = globals.iter().all(|g| g.conserves_money());
+        Ok((globals.iter().map(|g| g.snapshot.0).collect(), conserved))
+    };
+    let mut out = Vec::new();
+    for e in &chain.ended {
+        let (snapshots, conserved, branches) = match &e.cluster {
+            Some(c) => {
+                let (ids, ok) = of(c)?;
+                (Some(ids), Some(ok), c.identity.branches.clone())
+            }
+            None => (None, None, e.names.clone()),
+        };
+        out.push(EpochSummary {
+            epoch: e.number,
+            stores: e.stores().as_str(),
+            branches,
+            expected_total: e.expected_total,
+            began: began(e.number),
+            snapshots,
+            conserved,
+        });
+    }
+    let (ids, ok) = of(current)?;
+    let number = current.identity.epoch_number();
+    out.push(EpochSummary {
+        epoch: number,
+        stores: Stores::Current.as_str(),
+        branches: current.identity.branches.clone(),
+        expected_total: current.identity.genesis_total() as u128,
+        began: began(number),
+        snapshots: Some(ids),
+        conserved: Some(ok),
+    });
+    Ok(out)
+}
+
+impl EpochSummary {
+    /// `4 snapshots (1-4)`, `no snapshots` or `purged`.
+    pub fn snapshots_text(&self) -> String {
+        match self.snapshots.as_deref() {
+            None => "purged".to_string(),
+            Some([]) => "no snapshots".to_string(),
+            Some([one]) => format!("1 snapshot ({one})"),
+            Some(ids) => format!(
+                "{} snapshots ({}-{})",
+                ids.len(),
+                ids[0],
+                ids[ids.len() - 1]
+            ),
+        }
+    }
+
+    /// `genesis (host.list)` or `snapshot 3 of epoch 0 (+2000 minted)`.
+    pub fn began_text(&self) -> String {
+        match &self.began {
+            None => "genesis (host.list)".to_string(),
+            Some(b) if b.minted > 0 => format!(
+                "snapshot {} of epoch {} (+{} minted)",
+                b.snapshot, b.from_epoch, b.minted
+            ),
+            Some(b) => format!("snapshot {} of epoch {}", b.snapshot, b.from_epoch),
+        }
+    }
+}

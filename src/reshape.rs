@@ -90,6 +90,9 @@ pub struct Request {
     pub mint: Option<Amount>,
     /// The cluster key file to carry over (absent with `--insecure` clusters).
     pub key: Option<PathBuf>,
+    /// More key files of the old cluster (the per-host files of `snapctl keygen --per-host`):
+    /// their private keys complete `key`'s, so that every kept branch keeps its own.
+    pub old_keys: Vec<PathBuf>,
 }
 
 /// The commit mark's contents: enough to finish without the old cluster.
@@ -578,13 +581,42 @@ fn plan(old: &Cluster, req: &Request) -> Result<Plan, ReshapeError> {
         .collect();
     let key = match &req.key {
         Some(path) if path.exists() => {
-            let old_key =
+            let mut old_key =
                 ClusterKey::load(path).map_err(|e| ReshapeError::Refused(e.to_string()))?;
+            for more in &req.old_keys {
+                let k = ClusterKey::load(more).map_err(|e| ReshapeError::Refused(e.to_string()))?;
+                old_key.complete_from(&k).map_err(|why| {
+                    ReshapeError::Refused(format!(
+                        "key file {} is not of this cluster's key {}: {why}",
+                        more.display(),
+                        path.display()
+                    ))
+                })?;
+            }
             let same: Vec<SocketAddr> = new_addrs
                 .iter()
                 .copied()
                 .filter(|a| old_addrs.contains(a))
                 .collect();
+            // A kept branch keeps its key pair: the new key file must hold its private key.
+            let lacking: Vec<String> = same
+                .iter()
+                .filter(|a| {
+                    old_key
+                        .branches
+                        .iter()
+                        .any(|b| b.addr == **a && b.private.is_none())
+                })
+                .map(|a| a.to_string())
+                .collect();
+            if !lacking.is_empty() {
+                return refused(format!(
+                    "key file {} holds no private key for {}, which the new epoch keeps (it is a \
+                     per-host key file): give the other hosts' key files too with --old-keys DIR",
+                    path.display(),
+                    lacking.join(", ")
+                ));
+            }
             Some(old_key.reshaped(&req.to, &same))
         }
         _ => None,

@@ -290,6 +290,7 @@ fn four_to_six_to_three_conserves_every_unit_across_the_epochs() {
     assert_eq!(code, 0, "{a:#}");
     assert_eq!(a["current_total"], TOTAL);
     assert!(a["last_snapshot"].as_u64().unwrap_or(0) > k2);
+    shows_the_epochs(&c, k1, k2);
 
     // Purged: the boundaries are checked against the records alone.
     let out = c.snapctl(&["reshape", "--purge"]);
@@ -305,6 +306,89 @@ fn four_to_six_to_three_conserves_every_unit_across_the_epochs() {
 }
 
 /// A stopped 3-branch cluster with moved money, its latest snapshot and a 4-branch list.
+/// `snapctl snapshots` and `snapctl report` list the three epochs, how each began and its
+/// snapshots, and `--epoch` shows a retired one.
+fn shows_the_epochs(c: &Cluster, k1: u64, k2: u64) {
+    let out = c.snapctl(&["snapshots", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["epoch"], 2);
+    let epochs = doc["epochs"].as_array().expect("epochs");
+    let stores: Vec<&str> = epochs.iter().filter_map(|e| e["stores"].as_str()).collect();
+    assert_eq!(stores, ["retired", "retired", "current"], "{doc:#}");
+    let sizes: Vec<usize> = epochs
+        .iter()
+        .map(|e| e["branches"].as_array().map_or(0, |b| b.len()))
+        .collect();
+    assert_eq!(sizes, [4, 6, 3]);
+    for e in epochs {
+        assert_eq!(e["expected_total"], TOTAL, "{e:#}");
+        assert_eq!(e["conserved"], true, "{e:#}");
+    }
+    assert!(epochs[0]["began"].is_null());
+    assert_eq!(epochs[1]["began"]["snapshot"].as_u64(), Some(k1));
+    assert_eq!(epochs[2]["began"]["snapshot"].as_u64(), Some(k2));
+    assert_eq!(epochs[2]["began"]["from_epoch"], 1);
+    // Each epoch's snapshot ids continue after the one it began from.
+    let ids = |e: &Value| -> Vec<u64> {
+        e["snapshots"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect()
+    };
+    assert!(ids(&epochs[0]).contains(&k1));
+    assert!(ids(&epochs[1]).iter().all(|&i| i > k1) && ids(&epochs[1]).contains(&k2));
+    assert!(ids(&epochs[2]).iter().all(|&i| i > k2));
+    let current: Vec<u64> = doc["completed"]
+        .as_array()
+        .expect("completed")
+        .iter()
+        .filter_map(|g| g["id"].as_u64())
+        .collect();
+    assert_eq!(current, ids(&epochs[2]));
+    let table = text(&c.snapctl(&["snapshots"]));
+    assert!(
+        table.contains(&format!("snapshot {k1} of epoch 0")),
+        "{table}"
+    );
+    assert!(table.contains("epoch 2 (current):"), "{table}");
+
+    // --epoch 1: the retired epoch's own snapshots.
+    let out = c.snapctl(&["snapshots", "--json", "--epoch", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["epoch"], 1);
+    let retired: Vec<u64> = doc["completed"]
+        .as_array()
+        .expect("completed")
+        .iter()
+        .filter_map(|g| g["id"].as_u64())
+        .collect();
+    assert_eq!(retired, ids(&epochs[1]));
+    let out = c.snapctl(&["snapshots", "--epoch", "7"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("holds epochs 0, 1, 2"),
+        "{}",
+        text(&out)
+    );
+
+    // The report: the epochs table, the current epoch charted; --epoch 0 charts the first.
+    let page = c.dir.path().join("report.html");
+    let out = c.snapctl(&["report", "--out", page.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let html = std::fs::read_to_string(&page).expect("report");
+    assert!(html.contains("<table id=\"epochs\">"), "{html}");
+    assert_eq!(html.matches("<tr class=\"charted\"><td>2</td>").count(), 1);
+    assert!(html.contains("epoch 2 · 3 branches"), "{html}");
+    let out = c.snapctl(&["report", "--epoch", "0", "--out", page.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let html = std::fs::read_to_string(&page).expect("report");
+    assert!(html.contains("epoch 0 · 4 branches"), "{html}");
+}
+
 fn small_cluster() -> (Cluster, u64, PathBuf, Vec<String>) {
     let mut c = Cluster::new(
         3,
@@ -527,4 +611,100 @@ fn listing(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A cluster whose hosts each hold only their own private keys (`keygen --per-host`): the
+/// reshape refuses a key file that lacks a kept branch's private key (one line, nothing
+/// written) and with the other hosts' files under `--old-keys` every kept branch keeps its key
+/// pair; a key file of another cluster there is refused.
+#[test]
+fn per_host_key_files_keep_every_kept_branchs_key_pair() {
+    use snapbank::secure::ClusterKey;
+    use std::os::unix::fs::PermissionsExt;
+    let (c, k, list, four) = small_cluster();
+    let full_path = c.data().join("cluster.key");
+    let full = ClusterKey::load(&full_path).expect("key file");
+    let write = |path: &Path, key: &ClusterKey| {
+        key.write(path, true).expect("write key");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    };
+    // This host's file holds no branch's private key (they all "live" elsewhere: 127.0.0.2).
+    let other_host: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let mine = c.dir.path().join("this-host.key");
+    write(&mine, &full.for_host(other_host));
+    let ks = k.to_string();
+    let base = [
+        "--snapshot",
+        &ks,
+        "--to",
+        list.to_str().unwrap(),
+        "--mint",
+        "1000",
+    ];
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["--key", mine.to_str().unwrap()]);
+    let before = listing(&c.data());
+    let out = reshape(&c, &args, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("holds no private key for") && text(&out).contains("--old-keys"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(text(&out).trim().lines().count(), 1, "{}", text(&out));
+    assert_eq!(listing(&c.data()), before);
+
+    // A key file of another cluster among the old keys: refused, nothing written.
+    let foreign = c.dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).expect("dir");
+    let hosts = snapbank::hosts::HostList::load(&c.hosts()).expect("host.list");
+    write(
+        &foreign.join("127.0.0.1.key"),
+        &ClusterKey::generate(&hosts),
+    );
+    let mut bad = args.clone();
+    bad.extend(["--old-keys", foreign.to_str().unwrap()]);
+    let out = reshape(&c, &bad, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not of this cluster's key"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(listing(&c.data()), before);
+
+    // With the other host's file: done, and the kept branches keep their key pairs.
+    let old = c.dir.path().join("old-keys");
+    std::fs::create_dir_all(&old).expect("dir");
+    write(
+        &old.join("127.0.0.1.key"),
+        &full.for_host("127.0.0.1".parse().expect("ip")),
+    );
+    let per_host = c.dir.path().join("new-keys");
+    std::fs::create_dir_all(&per_host).expect("dir");
+    let mut good = args.clone();
+    good.extend([
+        "--old-keys",
+        old.to_str().unwrap(),
+        "--per-host",
+        per_host.to_str().unwrap(),
+    ]);
+    let out = reshape(&c, &good, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let new = ClusterKey::load(&per_host.join("127.0.0.1.key")).expect("new per-host key");
+    assert_eq!(new.branches.len(), four.len());
+    for b in &full.branches {
+        let n = new
+            .branches
+            .iter()
+            .find(|n| n.addr == b.addr)
+            .expect("kept");
+        assert_eq!(n.public, b.public, "{}", b.addr);
+        assert!(n.private.is_some() && n.private == b.private, "{}", b.addr);
+    }
+    assert!(new.branches.iter().all(|b| b.private.is_some()));
+    // The new epoch runs on it.
+    let (code, a) = audit_of(&c, &list);
+    assert_eq!(code, 0, "{a:#}");
+    assert_eq!(a["epoch"], 1);
 }

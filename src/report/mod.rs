@@ -25,7 +25,7 @@
 //! - this file: the entry points [`Report::from_cluster`], [`Report::new`], [`Report::html`]
 //!   and [`write_atomic`] (the page is written with [`crate::durable::write_atomic`]);
 //! - `page.rs`: the HTML page: summary, verdict, the charts with their captions, the tables of
-//!   the last snapshot and of latency, the CSS;
+//!   the last snapshot, of the epochs (after a `snapctl reshape`) and of latency, the CSS;
 //! - `figures.rs`: what is computed from the snapshots: each one's figures, the rates, the
 //!   duration percentiles, the verdict, the bands and each chart's series;
 //! - `faults.rs`, `latency.rs`: reading the fault timeline and the stats files;
@@ -44,6 +44,7 @@ pub use figures::{percentile, DurationStats, Rate, Restart, SnapshotFigures};
 pub use latency::{Latency, ProcessLatency};
 
 use crate::audit::{AuditError, Cluster};
+use crate::lineage::EpochSummary;
 use crate::snapshot::GlobalSnapshot;
 use std::path::Path;
 
@@ -92,6 +93,11 @@ pub struct Report {
     pub faults_source: Option<String>,
     /// Transfer latency from the branches' stats files (`--stats`).
     pub latency: Option<Latency>,
+    /// The epoch charted (0 until the first `snapctl reshape`).
+    pub epoch: u64,
+    /// Every epoch of the data directory, oldest first, when it has been reshaped (empty: one
+    /// epoch, or a running cluster).
+    pub epochs: Vec<EpochSummary>,
 }
 
 impl Report {
@@ -139,6 +145,13 @@ impl Report {
         Ok(report)
     }
 
+    /// The report of epoch `epoch`, listing `epochs` (every epoch of its data directory).
+    pub fn with_epochs(mut self, epoch: u64, epochs: Vec<EpochSummary>) -> Report {
+        self.epoch = epoch;
+        self.epochs = if epochs.len() > 1 { epochs } else { Vec::new() };
+        self
+    }
+
     /// The report with the fault timeline read from `path` (`--faults`).
     pub fn with_faults(mut self, path: &Path) -> Result<Report, ReportError> {
         self.faults = read_faults(path).map_err(ReportError::Input)?;
@@ -181,6 +194,8 @@ impl Report {
             faults: Vec::new(),
             faults_source: None,
             latency: None,
+            epoch: 0,
+            epochs: Vec::new(),
         })
     }
 

@@ -16,13 +16,18 @@ pub(super) fn html(r: &Report) -> String {
     let last = &r.snapshots[r.snapshots.len() - 1];
     let n = r.snapshots.len();
     let mut h = String::new();
+    let epoch = if r.epochs.is_empty() {
+        String::new()
+    } else {
+        format!("epoch {} · ", r.epoch)
+    };
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     h.push_str("<title>snapbank report</title>\n<style>\n");
     h.push_str(CSS);
     h.push_str("</style>\n</head>\n<body>\n<h1>snapbank report</h1>\n");
     let _ = writeln!(
         h,
-        "<p class=\"summary\">{} branches (initiator {}) · {n} completed snapshot{} \
+        "<p class=\"summary\">{epoch}{} branches (initiator {}) · {n} completed snapshot{} \
          (ids {}–{}) · {} to {}</p>",
         r.branches.len(),
         esc(r.branches.get(r.initiator).map_or("?", |s| s.as_str())),
@@ -65,6 +70,7 @@ pub(super) fn html(r: &Report) -> String {
         );
     }
     section_last(r, &mut h);
+    section_epochs(r, &mut h);
     section_latency(r, &mut h);
     let _ = writeln!(
         h,
@@ -109,6 +115,43 @@ fn section_last(r: &Report, h: &mut String) {
         group_digits(&last.in_flight().to_string()),
         group_digits(&last.total.to_string()),
         group_digits(&last.expected_total.to_string()),
+    );
+}
+
+/// A table of the data directory's epochs (after a `snapctl reshape`), the charted one marked.
+fn section_epochs(r: &Report, h: &mut String) {
+    if r.epochs.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<section>\n<h2>Epochs</h2>\n<table id=\"epochs\">\n<tr><th>epoch</th><th>stores</th>\
+         <th>branches</th><th>expected total</th><th>began from</th><th>snapshots</th>\
+         <th>conserved</th></tr>\n",
+    );
+    for e in &r.epochs {
+        let conserved = match e.conserved {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "–",
+        };
+        let _ = writeln!(
+            h,
+            "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if e.epoch == r.epoch { " class=\"charted\"" } else { "" },
+            e.epoch,
+            e.stores,
+            esc(&e.branches.join(" ")),
+            group_digits(&e.expected_total.to_string()),
+            esc(&e.began_text()),
+            esc(&e.snapshots_text()),
+            conserved
+        );
+    }
+    let _ = writeln!(
+        h,
+        "</table>\n<p class=\"caption\">The charts show epoch {}; <code>snapctl report --epoch E</code> \
+         charts a retired one, <code>snapctl audit</code> checks every epoch and each boundary.</p>\n</section>",
+        r.epoch
     );
 }
 
@@ -380,6 +423,7 @@ table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}
 tr.sum td{font-weight:bold}
+tr.charted td{background:#eef3ff}
 footer{margin-top:24px;color:#777;font-size:12px}
 ";
 

@@ -152,6 +152,27 @@ impl ClusterKey {
         }
     }
 
+    /// Fills in the private keys this file lacks from `other`, a key file of the same cluster
+    /// (a per-host file as `snapctl keygen --per-host` writes): `Err` with the reason when it is
+    /// of another cluster (another pre-shared key, or another public key for a branch).
+    pub fn complete_from(&mut self, other: &ClusterKey) -> Result<(), String> {
+        if other.psk != self.psk {
+            return Err("its pre-shared key is another cluster's".to_string());
+        }
+        for b in &mut self.branches {
+            let Some(o) = other.branches.iter().find(|o| o.addr == b.addr) else {
+                continue;
+            };
+            if o.public != b.public {
+                return Err(format!("it holds another public key for branch {}", b.addr));
+            }
+            if b.private.is_none() {
+                b.private = o.private;
+            }
+        }
+        Ok(())
+    }
+
     /// The same key with private keys only for the branches on `ip`.
     pub fn for_host(&self, ip: IpAddr) -> ClusterKey {
         ClusterKey {

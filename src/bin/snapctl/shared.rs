@@ -39,6 +39,20 @@ impl Stores {
         let hosts = self.host_list()?;
         Cluster::open(&self.data.data_dir, hosts.as_ref()).map_err(Failure::cannot)
     }
+
+    /// `current` itself, or with `--epoch E` naming an ended epoch, the retired stores a
+    /// reshape kept of it under `DATA/epochs/<E>/`.
+    pub fn epoch(&self, current: Cluster, epoch: Option<u64>) -> Result<Cluster, Failure> {
+        let now = current.identity.epoch_number();
+        match epoch {
+            None => Ok(current),
+            Some(e) if e == now => Ok(current),
+            Some(e) => snapbank::lineage::lineage(&self.data.data_dir, &current.identity)
+                .map_err(Failure::cannot)?
+                .into_retired(e, now)
+                .map_err(|m| Failure::cannot(format!("--epoch {e}: {m}"))),
+        }
+    }
 }
 
 /// How to reach a running cluster.

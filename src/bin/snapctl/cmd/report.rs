@@ -3,6 +3,7 @@
 use crate::shared::{reach, From, Stores};
 use crate::{verdict, Failure, Outcome};
 use snapbank::cli::KeyArgs;
+use snapbank::lineage::summaries;
 use snapbank::live_audit::latest_globals;
 use snapbank::report::write_atomic;
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ pub struct Report {
     /// With --live: how long to wait for each answer.
     #[arg(long, default_value = "5s", value_name = "DURATION", requires = "live", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Chart this epoch (one a reshape retired to DATA/epochs/<E>/) instead of the current one.
+    #[arg(long, value_name = "E", conflicts_with = "live")]
+    epoch: Option<u64>,
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
@@ -44,7 +48,7 @@ impl Report {
         let made = if self.live {
             self.running()?
         } else {
-            snapbank::report::Report::from_cluster(&self.stores.open()?)
+            self.stopped()?
         };
         // The page is written with `snapbank::durable`'s atomic write (temporary file, fsync,
         // rename, fsync of the directory), through `report::write_atomic`.
@@ -73,6 +77,18 @@ impl Report {
 }
 
 impl Report {
+    /// The report of the stopped cluster's stores (or with `--epoch`, a retired epoch's),
+    /// listing every epoch of the data directory.
+    fn stopped(
+        &self,
+    ) -> Result<Result<snapbank::report::Report, snapbank::report::ReportError>, Failure> {
+        let current = self.stores.open()?;
+        let epochs = summaries(&self.stores.data.data_dir, &current).map_err(Failure::cannot)?;
+        let cluster = self.stores.epoch(current, self.epoch)?;
+        let epoch = cluster.identity.epoch_number();
+        Ok(snapbank::report::Report::from_cluster(&cluster).map(|r| r.with_epochs(epoch, epochs)))
+    }
+
     /// `--live`: the report of the running cluster's latest completed snapshots.
     fn running(
         &self,

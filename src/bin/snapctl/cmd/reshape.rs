@@ -42,15 +42,47 @@ pub struct Reshape {
     /// keygen --per-host` does.
     #[arg(long, value_name = "DIR")]
     per_host: Option<PathBuf>,
+    /// A directory of the old cluster's per-host key files (`<ip>.key`, as `snapctl keygen
+    /// --per-host` wrote them): their private keys complete --key's, so that a branch the new
+    /// epoch keeps keeps its key pair. Every `*.key` file in DIR is read.
+    #[arg(long, value_name = "DIR")]
+    old_keys: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
     /// Delete the stores of every ended epoch kept under DATA/epochs/ (the audit then checks
     /// each boundary against the epoch's record alone).
-    #[arg(long, conflicts_with_all = ["snapshot", "to", "moves", "give_to", "fund", "mint", "per_host"])]
+    #[arg(long, conflicts_with_all = ["snapshot", "to", "moves", "give_to", "fund", "mint", "per_host", "old_keys"])]
     purge: bool,
     /// One JSON object instead of lines.
     #[arg(long)]
     json: bool,
+}
+
+impl Reshape {
+    /// The `*.key` files of `--old-keys DIR`, in name order (none without the flag).
+    fn old_key_files(&self) -> Result<Vec<PathBuf>, Failure> {
+        let Some(dir) = &self.old_keys else {
+            return Ok(Vec::new());
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            Failure::cannot(format!(
+                "--old-keys {}: cannot read the directory: {e}",
+                dir.display()
+            ))
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "key") && p.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Failure::cannot(format!(
+                "--old-keys {}: no *.key files in it (put the old cluster's per-host key files there)",
+                dir.display()
+            )));
+        }
+        Ok(files)
+    }
 }
 
 fn parse_move(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
@@ -125,6 +157,7 @@ impl Reshape {
             fund: self.fund.clone(),
             mint: self.mint,
             key: key.clone(),
+            old_keys: self.old_key_files()?,
         };
         let s = reshape(data_dir, &req).map_err(|e| Failure::cannot(format!("reshape: {e}")))?;
         let mut per_host_files = Vec::new();

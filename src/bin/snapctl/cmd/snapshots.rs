@@ -1,9 +1,11 @@
 //! `snapctl snapshots`: list a stopped cluster's completed global snapshots, then the pending
-//! ones and what they wait for.
+//! ones and what they wait for; after a `snapctl reshape`, first its epochs, one line each
+//! (`--epoch E` lists a retired epoch's snapshots instead of the current one's).
 
 use crate::shared::{human, ms, print_json, time_at, Stores};
 use crate::{Failure, Outcome};
 use snapbank::audit::{pending, AuditError, PendingView};
+use snapbank::lineage::{summaries, EpochSummary};
 use snapbank::snapshot::GlobalSnapshot;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,6 +17,10 @@ pub struct Snapshots {
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// List the snapshots of this epoch (one a reshape retired to DATA/epochs/<E>/) instead of
+    /// the current one's.
+    #[arg(long, value_name = "E")]
+    epoch: Option<u64>,
 }
 
 impl Snapshots {
@@ -23,7 +29,11 @@ impl Snapshots {
     }
 
     pub fn run(self) -> Outcome {
-        let cluster = self.stores.open()?;
+        let current = self.stores.open()?;
+        let data_dir = &self.stores.data.data_dir;
+        let epochs = summaries(data_dir, &current).map_err(Failure::cannot)?;
+        let cluster = self.stores.epoch(current, self.epoch)?;
+        let epoch = cluster.identity.epoch_number();
         let globals = cluster
             .initiator()
             .globals()
@@ -35,9 +45,22 @@ impl Snapshots {
                 .map(|g| snapshot_json(g, &cluster.names))
                 .collect();
             let pending: Vec<serde_json::Value> = pending.iter().map(pending_json).collect();
-            let doc = serde_json::json!({ "completed": list, "pending": pending });
+            let doc = serde_json::json!({
+                "epoch": epoch,
+                "epochs": epochs,
+                "completed": list,
+                "pending": pending,
+            });
             print_json(&doc)?;
             return Ok(ExitCode::SUCCESS);
+        }
+        if epochs.len() > 1 {
+            print_epochs(&epochs);
+            let which = epochs.iter().find(|e| e.epoch == epoch);
+            snapbank::outln!(
+                "\nepoch {epoch} ({}):",
+                which.map_or("current", |e| e.stores)
+            );
         }
         if globals.is_empty() {
             snapbank::outln!("no completed snapshots");
@@ -71,6 +94,34 @@ impl Snapshots {
         }
         print_pending(&pending);
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// One line per epoch, oldest first.
+fn print_epochs(epochs: &[EpochSummary]) {
+    snapbank::outln!(
+        "{:>5}  {:<7}  {:>8}  {:>14}  {:<34}  {}",
+        "epoch",
+        "stores",
+        "branches",
+        "expected total",
+        "began from",
+        "snapshots"
+    );
+    for e in epochs {
+        let conserved = match e.conserved {
+            Some(false) => "  (NOT all conserved: run snapctl audit)",
+            _ => "",
+        };
+        snapbank::outln!(
+            "{:>5}  {:<7}  {:>8}  {:>14}  {:<34}  {}{conserved}",
+            e.epoch,
+            e.stores,
+            e.branches.len(),
+            e.expected_total,
+            e.began_text(),
+            e.snapshots_text()
+        );
     }
 }
 
