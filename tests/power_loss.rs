@@ -10,6 +10,9 @@
 //! - `one_branch_power_cuts_lose_nothing`: a mount per branch; each round one branch (random from
 //!   a seed that is printed) is kill -9'd, its mount's cache cleared, and it restarts while the
 //!   others keep running.
+//! - `reshape_power_cuts_leave_the_old_cluster_or_the_new_one`: a `snapctl reshape` on a
+//!   LazyFS data directory, killed after each of its durable writes in turn and the cache
+//!   cleared: the state it reached survives the cut, and running it again finishes it.
 //!
 //! Needs root and `/dev/fuse`; outside CI they print `SKIPPED …` and pass, with `CI` set they fail.
 //! The tests of this file run one at a time (each keeps two cores busy).
@@ -607,4 +610,222 @@ fn run(test: &str, layout: Layout) {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What a reshape left in a data directory, from its files alone.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ReshapeState {
+    /// No commit mark, no ended epoch: the old cluster.
+    Old,
+    /// The commit mark: the new epoch is decided, unfinished.
+    Committed,
+    /// No mark, the old epoch's stores kept under `epochs/0`: done.
+    Finished,
+}
+
+fn reshape_state(data: &Path) -> ReshapeState {
+    if data.join("reshape-in-progress").exists() {
+        ReshapeState::Committed
+    } else if data.join("epochs/0").exists() && !data.join("reshape-staging").exists() {
+        ReshapeState::Finished
+    } else {
+        ReshapeState::Old
+    }
+}
+
+/// `fsync`s every file and directory under `dir`, so that a copy made on LazyFS survives its
+/// next clear-cache.
+fn sync_tree(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("read the copy") {
+        let p = entry.expect("entry").path();
+        if p.is_dir() {
+            sync_tree(&p);
+        } else {
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .unwrap_or_else(|e| panic!("fsync {}: {e}", p.display()));
+        }
+    }
+    // A directory's fsync may be unsupported by the FUSE layer; its entries are not cached.
+    let _ = File::open(dir).and_then(|f| f.sync_all());
+}
+
+/// `snapctl audit --json` of the stores in `data` against `hosts`.
+fn audit_dir(snapctl: &Path, data: &Path, hosts: &Path) -> (i32, serde_json::Value) {
+    let out = Command::new(snapctl)
+        .args(["audit", "--json", "--data-dir"])
+        .arg(data)
+        .arg("--hosts")
+        .arg(hosts)
+        .output()
+        .expect("run snapctl audit");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn audit_balances(a: &serde_json::Value) -> Vec<u64> {
+    a["branches"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|b| b["balance"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// A `snapctl reshape` (3 branches → 4, one funded, some minted) whose data directory is on
+/// LazyFS, killed after each of its durable writes in turn and then the power cut: what it had
+/// reached before the cut is what is there after it (the old cluster, the committed new epoch
+/// or the finished one: every write it counted was on stable storage), the old cluster is
+/// intact to the unit, a committed one gives no verdict, and running the reshape again finishes
+/// it with exactly the balances of an uninterrupted run.
+#[test]
+fn reshape_power_cuts_leave_the_old_cluster_or_the_new_one() {
+    let test = "reshape_power_cuts_leave_the_old_cluster_or_the_new_one";
+    let Some(lazyfs) = lazyfs_available(test) else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let started = Instant::now();
+    let snapctl = snapctl_bin();
+    let mut c = Cluster::new(3, BANK_ARGS);
+    c.start_all();
+    assert!(
+        c.wait_log(0, Duration::from_secs(30), |l| completed_snapshots(l).len()
+            >= 3),
+        "{}",
+        c.log(0)
+    );
+    c.stop_all();
+    let (code, old) = c.audit();
+    assert_eq!(code, 0, "{old:#}");
+    let old_balances = audit_balances(&old);
+    let k = old["last_snapshot"].as_u64().expect("a completed snapshot");
+    let work = c.dir.path().to_path_buf();
+    let pristine = work.join("pristine");
+    copy_dir(&c.data(), &pristine);
+    let mut four = c.addrs.clone();
+    four.push(format!("127.0.0.1:{}", free_ports(1)[0]));
+    let list = work.join("four.list");
+    std::fs::write(&list, snapbank_testkit::host_list_text(&four)).expect("write the list");
+    let ks = k.to_string();
+    let fund = format!("{}=1000,{}", four[3], four[0]);
+    let reshape = |data: &Path, crash_after: Option<u64>| {
+        let mut cmd = Command::new(&snapctl);
+        cmd.args(["reshape", "--snapshot", &ks, "--to"])
+            .arg(&list)
+            .args(["--fund", &fund, "--mint", "500", "--data-dir"])
+            .arg(data)
+            .arg("--hosts")
+            .arg(c.hosts());
+        if let Some(n) = crash_after {
+            cmd.env("SNAPBANK_RESHAPE_CRASH_AFTER", n.to_string());
+        }
+        cmd.output().expect("run snapctl reshape")
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    let root = work.join("root.reshape");
+    let mnt = work.join("mnt");
+    let mut fs = LazyFs::mount(&lazyfs, &work, "reshape", &root, &mnt);
+    // The uninterrupted reshape, for comparison.
+    let reference = mnt.join("reference");
+    copy_dir(&pristine, &reference);
+    sync_tree(&reference);
+    let out = reshape(&reference, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, want) = audit_dir(&snapctl, &reference, &list);
+    assert_eq!(code, 0, "{want:#}");
+    let want_balances = audit_balances(&want);
+    assert_eq!(want_balances.iter().sum::<u64>(), 3_000_500);
+
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeMap::new();
+    let mut n = 1;
+    loop {
+        let data = mnt.join(format!("cut-after-{n}"));
+        copy_dir(&pristine, &data);
+        sync_tree(&data);
+        let crash = reshape(&data, Some(n));
+        let ran_through = crash.status.success();
+        if !ran_through && !text(&crash).contains("test hook") {
+            problems.push(format!("write {n}: reshape failed: {}", text(&crash)));
+        }
+        let before = reshape_state(&data);
+        fs.clear_cache();
+        let after = reshape_state(&data);
+        *seen.entry(format!("{after:?}")).or_insert(0) += 1;
+        if before != after {
+            problems.push(format!(
+                "write {n}: {before:?} before the power cut, {after:?} after it (a write it \
+                 counted as durable was not)"
+            ));
+        }
+        match after {
+            ReshapeState::Old => {
+                let (code, a) = audit_dir(&snapctl, &data, &c.hosts());
+                if code != 0 || a["epoch"] != 0 || audit_balances(&a) != old_balances {
+                    problems.push(format!(
+                        "write {n}: the old cluster after the cut: audit exit {code}, epoch {}, \
+                         balances {:?} (were {old_balances:?})",
+                        a["epoch"],
+                        audit_balances(&a)
+                    ));
+                }
+            }
+            ReshapeState::Committed => {
+                let (code, _) = audit_dir(&snapctl, &data, &list);
+                if code != 2 {
+                    problems.push(format!(
+                        "write {n}: a committed, unfinished reshape got audit exit {code}, not 2"
+                    ));
+                }
+            }
+            ReshapeState::Finished => {}
+        }
+        let again = reshape(&data, None);
+        let (code, a) = audit_dir(&snapctl, &data, &list);
+        if !again.status.success()
+            || code != 0
+            || a["epoch"] != 1
+            || audit_balances(&a) != want_balances
+            || a["epochs"][1]["began"]["consistent"] != true
+        {
+            problems.push(format!(
+                "write {n}: run again: {} audit exit {code}, epoch {}, balances {:?} (want \
+                 {want_balances:?}), boundary consistent {}",
+                text(&again).lines().last().unwrap_or(""),
+                a["epoch"],
+                audit_balances(&a),
+                a["epochs"][1]["began"]["consistent"]
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&data);
+        if ran_through || n >= 64 {
+            break;
+        }
+        n += 1;
+    }
+    println!(
+        "power_loss: reshape: a power cut after each of {n} durable writes: states after the \
+         cut {seen:?}, {:.1} s, verdict {}",
+        started.elapsed().as_secs_f64(),
+        if problems.is_empty() { "OK" } else { "FAILED" }
+    );
+    drop(fs);
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(
+        seen.len() == 3 && n > 8,
+        "expected every state among {n} cuts: {seen:?}"
+    );
 }
