@@ -19,6 +19,8 @@ pub enum Stores {
     Retired,
     /// Deleted by `snapctl reshape --purge`: only the next epoch's record of it remains.
     Purged,
+    /// Kept under `DATA/epochs/<e>/` but not readable (a damaged or half-copied directory).
+    Unreadable,
 }
 
 impl Stores {
@@ -27,6 +29,7 @@ impl Stores {
             Stores::Current => "current",
             Stores::Retired => "retired",
             Stores::Purged => "purged",
+            Stores::Unreadable => "unreadable",
         }
     }
 }
@@ -42,14 +45,19 @@ pub struct Ended {
     pub cluster: Option<Cluster>,
     /// The directory they were kept in.
     pub dir: Option<PathBuf>,
-    /// The retired stores are not of the epoch the next one's record names: one line saying so.
+    /// The retired stores are not of the epoch the next one's record names, or cannot be
+    /// read: one line saying so.
     pub mismatch: Option<String>,
+    /// Its directory is there but its stores could not be opened.
+    pub unreadable: bool,
 }
 
 impl Ended {
     pub fn stores(&self) -> Stores {
         if self.cluster.is_some() {
             Stores::Retired
+        } else if self.unreadable {
+            Stores::Unreadable
         } else {
             Stores::Purged
         }
@@ -96,6 +104,7 @@ pub fn lineage(data_dir: &Path, current: &Identity) -> Result<Lineage, AuditErro
             cluster: None,
             dir: None,
             mismatch: None,
+            unreadable: false,
         };
         let mut next = None;
         if prev >= ep.number {
@@ -105,7 +114,22 @@ pub fn lineage(data_dir: &Path, current: &Identity) -> Result<Lineage, AuditErro
                 ep.number
             ));
         } else if let Some(dir) = retired.get(&prev) {
-            let c = Cluster::open_retired(dir)?;
+            let c = match Cluster::open_retired(dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    // A violation of this boundary, not a reason to give no verdict at all.
+                    link.mismatch = Some(format!(
+                        "epoch {}: the stores of epoch {prev} it began from, kept in {}, cannot be read: {e}",
+                        ep.number,
+                        dir.display()
+                    ));
+                    link.unreadable = true;
+                    link.dir = Some(dir.clone());
+                    ended.push(link);
+                    began.push(ep);
+                    break;
+                }
+            };
             if c.identity.cluster_id != ep.from.cluster_id
                 || c.identity.branches != ep.from.branches
             {
@@ -155,6 +179,13 @@ impl Lineage {
                 "no epoch {epoch} in this data directory: it holds epochs {}",
                 known()
             ));
+        }
+        if let Some(why) = self
+            .ended(epoch)
+            .filter(|e| e.unreadable)
+            .and_then(|e| e.mismatch.clone())
+        {
+            return Err(why);
         }
         let dir = self.ended(epoch).and_then(|e| e.dir.clone());
         match self.ended.into_iter().find(|e| e.number == epoch) {

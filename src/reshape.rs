@@ -53,6 +53,8 @@ pub const MARKER_FILE: &str = "reshape-in-progress";
 pub const STAGING_DIR: &str = "reshape-staging";
 /// Where ended epochs' stores are kept: `DATA/epochs/<e>/`.
 pub const EPOCHS_DIR: &str = "epochs";
+/// What `--purge` renames `DATA/epochs/<e>/` to (`<e>.purging`) before deleting it.
+const PURGING_EXT: &str = "purging";
 /// The note in each `DATA/epochs/<e>/`.
 const RETIRED_NOTE: &str = "RETIRED";
 /// The key file's name in staging and in `epochs/<e>/`.
@@ -208,6 +210,7 @@ pub fn reshape(data_dir: &Path, req: &Request) -> Result<Summary, ReshapeError> 
     })?;
     let plan = plan(&old, req)?;
     let from_epoch = old.identity.epoch_number();
+    in_the_way(data_dir, &old, &plan.install, from_epoch)?;
     let mut hook = crate::durable::CrashHook::from_env(CRASH_AFTER_ENV, "reshape");
     let before = |e: String| ReshapeError::BeforeCommit(e, from_epoch);
     // 2. The new stores, under staging.
@@ -311,7 +314,10 @@ fn plan(old: &Cluster, req: &Request) -> Result<Plan, ReshapeError> {
             crate::restore::id_ranges(&ids)
         ));
     };
-    if g.parts.len() != old_addrs.len() || !g.conserves_money() {
+    if g.parts.len() != old_addrs.len()
+        || !g.conserves_money()
+        || g.expected_total != oid.genesis_total()
+    {
         return refused(format!(
             "snapshot {k} has {} parts for {} branches and totals {} (expected {}); refusing to start an epoch from it",
             g.parts.len(),
@@ -545,11 +551,15 @@ fn plan(old: &Cluster, req: &Request) -> Result<Plan, ReshapeError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64),
     };
+    // The plan's own arithmetic, checked as the audit will check it: a stored snapshot that
+    // decodes but does not add up (a damaged store) is refused here, never recorded.
     let bad = epoch.check_arithmetic(&new_names);
-    assert!(
-        bad.is_empty(),
-        "the reshape's own plan does not add up: {bad:?}"
-    );
+    if !bad.is_empty() {
+        return refused(format!(
+            "snapshot {k}'s figures do not add up ({}); the stores may be damaged: run snapctl audit",
+            bad.join("; ")
+        ));
+    }
     let branches = req.to.canonical();
     let n = branches.len();
     let next = SnapshotId(highest.0 + 1);
@@ -656,6 +666,42 @@ fn plan(old: &Cluster, req: &Request) -> Result<Plan, ReshapeError> {
         key,
         summary,
     })
+}
+
+/// Refuses, before anything is written, what would stop the reshape after its commit: an
+/// `epochs/<from_epoch>/` left from an earlier reshape, or a directory where a new store goes
+/// that is no store of the old cluster.
+fn in_the_way(
+    data_dir: &Path,
+    old: &Cluster,
+    install: &[String],
+    from_epoch: u64,
+) -> Result<(), ReshapeError> {
+    let kept = data_dir.join(EPOCHS_DIR).join(from_epoch.to_string());
+    if kept.exists() {
+        return refused(format!(
+            "{} exists already (left from an earlier reshape of epoch {from_epoch}?): the old \
+             stores would be retired there; move it elsewhere and run the reshape again",
+            kept.display()
+        ));
+    }
+    let old_names: Vec<String> = old
+        .identity
+        .branches
+        .iter()
+        .map(|b| Identity::branch_dir_name(b))
+        .collect();
+    for name in install {
+        let path = data_dir.join(name);
+        if path.exists() && !old_names.contains(name) {
+            return refused(format!(
+                "{} is in the way of the new branch's store and is no store of this cluster; \
+                 move it elsewhere and run the reshape again",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Steps 4–5: from the commit mark on, each step checks what is done, so a rerun finishes.
@@ -795,7 +841,13 @@ fn already_done(data_dir: &Path, req: &Request) -> Result<Option<Summary>, Resha
 
 /// The summary of a reshape a rerun finished, from the new stores.
 fn resumed_summary(data_dir: &Path, mark: &Mark) -> Result<Summary, ReshapeError> {
-    let dir = data_dir.join(&mark.install[0]);
+    let Some(first) = mark.install.first() else {
+        return Err(ReshapeError::Refused(format!(
+            "{} names no new store; restore the file from a copy, or ask for help",
+            data_dir.join(MARKER_FILE).display()
+        )));
+    };
+    let dir = data_dir.join(first);
     let s = SledStore::open(&dir, None)?;
     let id = s.identity().clone();
     let Some(e) = id.epoch.clone() else {
@@ -856,19 +908,34 @@ pub fn purge(data_dir: &Path) -> Result<Vec<PathBuf>, ReshapeError> {
     let Ok(entries) = std::fs::read_dir(&base) else {
         return Ok(gone);
     };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join(RETIRED_NOTE).is_file())
-        .collect();
+    let cannot = |what: &str, p: &Path, e: String| {
+        ReshapeError::Refused(format!("cannot {what} {}: {e}", p.display()))
+    };
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut doomed: Vec<PathBuf> = Vec::new();
+    for p in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        if p.extension().is_some_and(|x| x == PURGING_EXT) {
+            doomed.push(p); // an earlier purge stopped part-way
+        } else if p.join(RETIRED_NOTE).is_file() {
+            dirs.push(p);
+        }
+    }
     dirs.sort();
+    // Each epoch's directory is first renamed, durably, out of what `retired_epochs` lists, so
+    // that a crash while it is deleted leaves no half-deleted epoch for the audit to open.
     for d in dirs {
-        std::fs::remove_dir_all(&d)
-            .map_err(|e| ReshapeError::Refused(format!("cannot delete {}: {e}", d.display())))?;
+        let mut name = d.file_name().unwrap_or_default().to_os_string();
+        name.push(".");
+        name.push(PURGING_EXT);
+        let to = d.with_file_name(name);
+        rename_durably(&d, &to).map_err(|e| cannot("move aside", &d, e))?;
+        doomed.push(to);
         gone.push(d);
     }
-    crate::durable::sync_dir(&base)
-        .map_err(|e| ReshapeError::Refused(format!("cannot sync {}: {e}", base.display())))?;
+    for d in &doomed {
+        std::fs::remove_dir_all(d).map_err(|e| cannot("delete", d, e.to_string()))?;
+    }
+    crate::durable::sync_dir(&base).map_err(|e| cannot("sync", &base, e.to_string()))?;
     Ok(gone)
 }
 

@@ -292,10 +292,33 @@ fn four_to_six_to_three_conserves_every_unit_across_the_epochs() {
     assert!(a["last_snapshot"].as_u64().unwrap_or(0) > k2);
     shows_the_epochs(&c, k1, k2);
 
-    // Purged: the boundaries are checked against the records alone.
+    // A retired epoch that cannot be read is a violation of its boundary, not an audit that
+    // gives up: the other epochs are still checked.
+    let store0 = c.data().join("epochs/0").join(six[0].replace(':', "_"));
+    let store0_aside = c.dir.path().join("store0-aside");
+    std::fs::rename(&store0, &store0_aside).expect("move a retired store aside");
+    let (code, a) = c.audit();
+    assert_eq!(code, 1, "{a:#}");
+    assert_eq!(a["epochs"][0]["stores"], "unreadable", "{a:#}");
+    assert!(
+        a["epochs"][1]["began"]["violations"][0]
+            .as_str()
+            .is_some_and(|v| v.contains("cannot be read")),
+        "{a:#}"
+    );
+    assert_eq!(a["epochs"][2]["began"]["consistent"], true, "{a:#}");
+    std::fs::rename(&store0_aside, &store0).expect("put it back");
+
+    // Purged: the boundaries are checked against the records alone. A purge that stopped
+    // part-way left a `<e>.purging` directory, which nothing reads and the next purge deletes.
+    let half = c.data().join("epochs/7.purging/some-store");
+    std::fs::create_dir_all(&half).expect("a half-deleted epoch");
+    let (code, a) = c.audit();
+    assert_eq!(code, 0, "{a:#}");
     let out = c.snapctl(&["reshape", "--purge"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!c.data().join("epochs/0").exists());
+    assert!(!c.data().join("epochs/7.purging").exists());
     let (code, a) = c.audit();
     assert_eq!(code, 0, "{a:#}");
     let epochs = a["epochs"].as_array().expect("epochs");
@@ -589,6 +612,49 @@ fn bad_reshapes_are_one_line_and_write_nothing() {
         );
         assert_eq!(listing(&c.data()), before, "{args:?} wrote something");
     }
+    // What would stop it after its commit is refused before: a leftover epochs/0, a
+    // directory where the new branch's store goes, a missing key file.
+    let good = [
+        "--snapshot",
+        ks.as_str(),
+        "--to",
+        l,
+        "--fund",
+        ok_fund.as_str(),
+    ];
+    let in_the_way: Vec<(PathBuf, &str)> = vec![
+        (c.data().join("epochs/0"), "exists already"),
+        (
+            c.data().join(four[3].replace(':', "_")),
+            "is in the way of the new branch's store",
+        ),
+    ];
+    for (dir, want) in in_the_way {
+        std::fs::create_dir_all(&dir).expect("a directory in the way");
+        let before = listing(&c.data());
+        let out = reshape(&c, &good, &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(want), "{}", text(&out));
+        assert_eq!(text(&out).trim().lines().count(), 1, "{}", text(&out));
+        assert_eq!(listing(&c.data()), before);
+        std::fs::remove_dir_all(&dir).expect("clear");
+        if dir.ends_with("0") {
+            std::fs::remove_dir(c.data().join("epochs")).expect("clear");
+        }
+    }
+    let key = c.data().join("cluster.key");
+    let aside = c.dir.path().join("cluster.key.aside");
+    std::fs::rename(&key, &aside).expect("move the key aside");
+    let before = listing(&c.data());
+    let out = reshape(&c, &good, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not found") && text(&out).contains("--insecure"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(listing(&c.data()), before);
+    std::fs::rename(&aside, &key).expect("put the key back");
     let (code, a) = c.audit();
     assert_eq!(code, 0, "{a:#}");
     assert_eq!(a["epoch"], 0);

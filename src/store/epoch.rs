@@ -151,7 +151,7 @@ impl Epoch {
                 bad.push(format!(
                     "epoch {}: {} held {c} at snapshot {} of epoch {}, but the reshape moved {gone} of it",
                     self.number,
-                    strip(&p.branches[a]),
+                    p.branches.get(a).map_or("?", |b| strip(b)),
                     p.snapshot,
                     p.epoch
                 ));

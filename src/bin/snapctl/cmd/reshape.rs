@@ -139,11 +139,20 @@ impl Reshape {
             ));
         };
         let new_hosts = HostList::load(to).map_err(Failure::cannot)?;
-        let key = (!self.key.insecure).then(|| self.key.path(&self.stores.data));
+        // The key path is recorded in the commit mark: absolute, so that a rerun from another
+        // working directory replaces the same file.
+        let key = match (!self.key.insecure).then(|| self.key.path(&self.stores.data)) {
+            Some(path) => Some(
+                std::path::absolute(&path)
+                    .map_err(|e| Failure::cannot(format!("--key {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
         if let Some(path) = &key {
-            if self.key.key.is_some() && !path.exists() {
+            if !path.exists() {
                 return Err(Failure::cannot(format!(
-                    "--key {}: no such file (an --insecure cluster has none: pass --insecure)",
+                    "key file {} not found: copy the cluster's key file there or name it with \
+                     --key FILE (a cluster that runs --insecure has none: pass --insecure)",
                     path.display()
                 )));
             }
