@@ -338,7 +338,10 @@ fn audit_epochs(
                 }
                 "snapshot"
             }
-            None => "record",
+            None => {
+                bad.extend(ep.check_origin_record());
+                "record"
+            }
         };
         let moves = ep
             .from

@@ -769,8 +769,19 @@ fn per_host_key_files_keep_every_kept_branchs_key_pair() {
         assert!(n.private.is_some() && n.private == b.private, "{}", b.addr);
     }
     assert!(new.branches.iter().all(|b| b.private.is_some()));
-    // The new epoch runs on it.
     let (code, a) = audit_of(&c, &list);
     assert_eq!(code, 0, "{a:#}");
     assert_eq!(a["epoch"], 1);
+    // Epoch 0 purged: the record of it still ties down its cluster id and total.
+    let out = Command::new(SNAPCTL)
+        .args(["reshape", "--purge", "--data-dir"])
+        .arg(c.data())
+        .output()
+        .expect("purge");
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, a) = audit_of(&c, &list);
+    assert_eq!(code, 0, "{a:#}");
+    assert_eq!(a["epochs"][0]["stores"], "purged", "{a:#}");
+    assert_eq!(a["epochs"][1]["began"]["checked_against"], "record");
+    assert_eq!(a["epochs"][1]["began"]["consistent"], true, "{a:#}");
 }

@@ -175,6 +175,36 @@ impl Epoch {
         bad
     }
 
+    /// With the previous epoch's stores purged, what the record alone can still tie down: when
+    /// it began from epoch 0, that epoch was a genesis cluster (every branch with the same
+    /// initial balance), so its cluster id follows from its branch list and total.
+    pub fn check_origin_record(&self) -> Vec<String> {
+        let p = &self.from;
+        if p.epoch != 0 {
+            return Vec::new();
+        }
+        let n = p.branches.len() as Amount;
+        let initial = p.expected_total.checked_div(n).unwrap_or(0);
+        if n == 0 || initial * n != p.expected_total {
+            return vec![format!(
+                "epoch {}: its record of epoch 0 gives a total of {} for {} branches, which is \
+                 no genesis (the same initial balance each)",
+                self.number, p.expected_total, n
+            )];
+        }
+        let id = crate::store::cluster_id(&p.branches, initial);
+        if id != p.cluster_id {
+            return vec![format!(
+                "epoch {}: its record of epoch 0 names cluster {:016x}, but epoch 0 of [{}] with \
+                 {initial} each is cluster {id:016x}",
+                self.number,
+                p.cluster_id,
+                p.branches.join(" ")
+            )];
+        }
+        Vec::new()
+    }
+
     /// The boundary against the previous epoch's own copy of snapshot `K` (from its initiator's
     /// store, kept aside by the reshape): the record's cut is that snapshot's, branch by branch,
     /// and that snapshot conserved the previous epoch's total.
@@ -239,4 +269,44 @@ pub fn epoch_cluster_id(epoch: &Epoch, branches: &[String]) -> u64 {
         epoch.snapshots_after
     );
     crate::wire::fnv1a(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_genesis(cluster_id: u64, expected_total: Amount) -> Epoch {
+        let branches: Vec<String> = vec!["127.0.0.1:1:S".into(), "127.0.0.1:2".into()];
+        Epoch {
+            number: 1,
+            genesis: vec![1000, 1000],
+            expected_total: 2000,
+            minted: 0,
+            snapshots_after: SnapshotId(3),
+            from: Provenance {
+                epoch: 0,
+                cluster_id,
+                branches,
+                expected_total,
+                snapshot: SnapshotId(3),
+                cut: vec![1000, 1000],
+                moves: Vec::new(),
+            },
+            made_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn a_purged_genesis_is_tied_to_its_cluster_id_and_total() {
+        let branches: Vec<String> = vec!["127.0.0.1:1:S".into(), "127.0.0.1:2".into()];
+        let id = crate::store::cluster_id(&branches, 1000);
+        assert!(from_genesis(id, 2000).check_origin_record().is_empty());
+        let other = from_genesis(id ^ 1, 2000).check_origin_record();
+        assert!(other[0].contains("names cluster"), "{other:?}");
+        // A total that is not the same initial balance each, and one of another initial balance.
+        let uneven = from_genesis(id, 2001).check_origin_record();
+        assert!(uneven[0].contains("no genesis"), "{uneven:?}");
+        let bigger = from_genesis(id, 4000).check_origin_record();
+        assert!(bigger[0].contains("names cluster"), "{bigger:?}");
+    }
 }
