@@ -648,7 +648,7 @@ pub fn format_epochs(epochs: &[crate::audit::EpochReport]) -> String {
             let moves: Vec<String> = b
                 .moves
                 .iter()
-                .map(|m| format!("{} {}→{} {}", m.why, m.from, m.to, m.amount))
+                .map(|m| format!("{} {}→{} {}", m.label(), m.from, m.to, m.amount))
                 .collect();
             let _ = writeln!(
                 s,

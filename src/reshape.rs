@@ -140,6 +140,20 @@ pub struct MoveLine {
     pub why: Why,
 }
 
+impl MoveLine {
+    /// What people read: the recorded reason, but `moved` for a kept branch whose address
+    /// changed (`--move`; the record says `kept`).
+    pub fn label(&self) -> &'static str {
+        match self.why {
+            Why::Kept if self.from != self.to => "moved",
+            Why::Kept => "kept",
+            Why::Closed => "closed",
+            Why::Funded => "funded",
+            Why::Minted => "minted",
+        }
+    }
+}
+
 /// The epoch a committed, unfinished reshape of `data_dir` makes, if one is marked.
 pub fn unfinished(data_dir: &Path) -> Result<Option<u64>, StoreError> {
     Ok(read_mark(data_dir)?.map(|m| m.epoch))

@@ -239,6 +239,14 @@ fn four_to_six_to_three_conserves_every_unit_across_the_epochs() {
     let good: Vec<&str> = good.iter().map(|s| s.as_str()).collect();
     let out = reshape(&c, &good, &[]);
     assert!(out.status.success(), "{}", text(&out));
+    let moved_line = format!("{} -> {moved}", six[1]);
+    assert!(
+        text(&out)
+            .lines()
+            .any(|l| l.starts_with("moved") && l.ends_with(&moved_line)),
+        "{}",
+        text(&out)
+    );
     become_list(&mut c, &list3, three.clone(), 2);
     let (code, a) = c.audit();
     assert_eq!(code, 0, "{a:#}");

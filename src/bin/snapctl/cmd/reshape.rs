@@ -199,13 +199,7 @@ impl Reshape {
             );
         }
         for m in &s.moves {
-            snapbank::outln!(
-                "{:<7} {:>14}  {} -> {}",
-                m.why.to_string(),
-                m.amount,
-                m.from,
-                m.to
-            );
+            snapbank::outln!("{:<7} {:>14}  {} -> {}", m.label(), m.amount, m.from, m.to);
         }
         for (b, amount) in &s.balances {
             snapbank::outln!("{b:<28} begins epoch {} with {amount}", s.epoch);
