@@ -352,7 +352,12 @@ pub fn stored_view<'a, K: Kv>(
 
 /// Branch addresses for the checker's messages: the identity's, without the initiator's `:S`.
 pub fn names_of(id: &Identity) -> Vec<String> {
-    id.branches
+    names(&id.branches)
+}
+
+/// Branch list entries (`IP:PORT`, the initiator's `IP:PORT:S`) as addresses.
+pub fn names(entries: &[String]) -> Vec<String> {
+    entries
         .iter()
         .map(|b| b.strip_suffix(":S").unwrap_or(b).to_string())
         .collect()

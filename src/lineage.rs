@@ -90,12 +90,7 @@ pub fn lineage(data_dir: &Path, current: &Identity) -> Result<Lineage, AuditErro
     let mut identity = current.clone();
     while let Some(ep) = identity.epoch.clone() {
         let prev = ep.from.epoch;
-        let names: Vec<String> = ep
-            .from
-            .branches
-            .iter()
-            .map(|b| b.strip_suffix(":S").unwrap_or(b).to_string())
-            .collect();
+        let names = crate::check::names(&ep.from.branches);
         let mut link = Ended {
             number: prev,
             cluster_id: ep.from.cluster_id,

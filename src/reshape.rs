@@ -868,12 +868,7 @@ fn resumed_summary(data_dir: &Path, mark: &Mark) -> Result<Summary, ReshapeError
         return refused(format!("{} records no epoch", dir.display()));
     };
     let names = crate::check::names_of(&id);
-    let old_names: Vec<String> = e
-        .from
-        .branches
-        .iter()
-        .map(|b| b.strip_suffix(":S").unwrap_or(b).to_string())
-        .collect();
+    let old_names = crate::check::names(&e.from.branches);
     Ok(Summary {
         from_epoch: mark.from_epoch,
         epoch: mark.epoch,

@@ -650,26 +650,6 @@ fn sync_tree(dir: &Path) {
     let _ = File::open(dir).and_then(|f| f.sync_all());
 }
 
-/// `snapctl audit --json` of the stores in `data` against `hosts`.
-fn audit_dir(snapctl: &Path, data: &Path, hosts: &Path) -> (i32, serde_json::Value) {
-    let out = Command::new(snapctl)
-        .args(["audit", "--json", "--data-dir"])
-        .arg(data)
-        .arg("--hosts")
-        .arg(hosts)
-        .output()
-        .expect("run snapctl audit");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code().unwrap_or(-1), v)
-}
-
-fn audit_balances(a: &serde_json::Value) -> Vec<u64> {
-    a["branches"]
-        .as_array()
-        .map(|b| b.iter().filter_map(|b| b["balance"].as_u64()).collect())
-        .unwrap_or_default()
-}
-
 /// A `snapctl reshape` (3 branches → 4, one funded, some minted) whose data directory is on
 /// LazyFS, killed after each of its durable writes in turn and then the power cut: what it had
 /// reached before the cut is what is there after it (the old cluster, the committed new epoch
@@ -722,13 +702,7 @@ fn reshape_power_cuts_leave_the_old_cluster_or_the_new_one() {
         }
         cmd.output().expect("run snapctl reshape")
     };
-    let text = |o: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
+    let text = output_text;
 
     let root = work.join("root.reshape");
     let mnt = work.join("mnt");
@@ -739,7 +713,7 @@ fn reshape_power_cuts_leave_the_old_cluster_or_the_new_one() {
     sync_tree(&reference);
     let out = reshape(&reference, None);
     assert!(out.status.success(), "{}", text(&out));
-    let (code, want) = audit_dir(&snapctl, &reference, &list);
+    let (code, want) = audit_json(&snapctl, &reference, &list);
     assert_eq!(code, 0, "{want:#}");
     let want_balances = audit_balances(&want);
     assert_eq!(want_balances.iter().sum::<u64>(), 3_000_500);
@@ -768,7 +742,7 @@ fn reshape_power_cuts_leave_the_old_cluster_or_the_new_one() {
         }
         match after {
             ReshapeState::Old => {
-                let (code, a) = audit_dir(&snapctl, &data, &c.hosts());
+                let (code, a) = audit_json(&snapctl, &data, &c.hosts());
                 if code != 0 || a["epoch"] != 0 || audit_balances(&a) != old_balances {
                     problems.push(format!(
                         "write {n}: the old cluster after the cut: audit exit {code}, epoch {}, \
@@ -779,7 +753,7 @@ fn reshape_power_cuts_leave_the_old_cluster_or_the_new_one() {
                 }
             }
             ReshapeState::Committed => {
-                let (code, _) = audit_dir(&snapctl, &data, &list);
+                let (code, _) = audit_json(&snapctl, &data, &list);
                 if code != 2 {
                     problems.push(format!(
                         "write {n}: a committed, unfinished reshape got audit exit {code}, not 2"
@@ -789,7 +763,7 @@ fn reshape_power_cuts_leave_the_old_cluster_or_the_new_one() {
             ReshapeState::Finished => {}
         }
         let again = reshape(&data, None);
-        let (code, a) = audit_dir(&snapctl, &data, &list);
+        let (code, a) = audit_json(&snapctl, &data, &list);
         if !again.status.success()
             || code != 0
             || a["epoch"] != 1

@@ -12,13 +12,7 @@ use std::time::Duration;
 
 const TOTAL: u64 = 4_000_000;
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::output_text as text;
 
 /// Runs the cluster until the initiator has logged `more` snapshots complete beyond what it had,
 /// with every one conserving money.
@@ -87,14 +81,7 @@ fn become_list(c: &mut Cluster, list: &Path, addrs: Vec<String>, epoch: u64) {
     c.started_at = vec![None; n];
 }
 
-fn balances(a: &Value) -> Vec<u64> {
-    a["branches"]
-        .as_array()
-        .expect("branches")
-        .iter()
-        .map(|b| b["balance"].as_u64().expect("balance"))
-        .collect()
-}
+use common::audit_balances as balances;
 
 fn new_addrs(n: usize) -> Vec<String> {
     free_ports(n)
@@ -337,6 +324,16 @@ fn four_to_six_to_three_conserves_every_unit_across_the_epochs() {
 }
 
 /// A stopped 3-branch cluster with moved money, its latest snapshot and a 4-branch list.
+/// The ids of the completed snapshots in `snapctl snapshots --json`.
+fn completed_ids(doc: &Value) -> Vec<u64> {
+    doc["completed"]
+        .as_array()
+        .expect("completed")
+        .iter()
+        .filter_map(|g| g["id"].as_u64())
+        .collect()
+}
+
 /// `snapctl snapshots` and `snapctl report` list the three epochs, how each began and its
 /// snapshots, and `--epoch` shows a retired one.
 fn shows_the_epochs(c: &Cluster, k1: u64, k2: u64) {
@@ -372,12 +369,7 @@ fn shows_the_epochs(c: &Cluster, k1: u64, k2: u64) {
     assert!(ids(&epochs[0]).contains(&k1));
     assert!(ids(&epochs[1]).iter().all(|&i| i > k1) && ids(&epochs[1]).contains(&k2));
     assert!(ids(&epochs[2]).iter().all(|&i| i > k2));
-    let current: Vec<u64> = doc["completed"]
-        .as_array()
-        .expect("completed")
-        .iter()
-        .filter_map(|g| g["id"].as_u64())
-        .collect();
+    let current = completed_ids(&doc);
     assert_eq!(current, ids(&epochs[2]));
     let table = text(&c.snapctl(&["snapshots"]));
     assert!(
@@ -391,12 +383,7 @@ fn shows_the_epochs(c: &Cluster, k1: u64, k2: u64) {
     assert!(out.status.success(), "{}", text(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(doc["epoch"], 1);
-    let retired: Vec<u64> = doc["completed"]
-        .as_array()
-        .expect("completed")
-        .iter()
-        .filter_map(|g| g["id"].as_u64())
-        .collect();
+    let retired = completed_ids(&doc);
     assert_eq!(retired, ids(&epochs[1]));
     let out = c.snapctl(&["snapshots", "--epoch", "7"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -534,15 +521,7 @@ fn audit_raw(c: &Cluster, hosts: &Path) -> (i32, String) {
 }
 
 fn audit_of(c: &Cluster, hosts: &Path) -> (i32, Value) {
-    let out = Command::new(SNAPCTL)
-        .args(["audit", "--json", "--data-dir"])
-        .arg(c.data())
-        .arg("--hosts")
-        .arg(hosts)
-        .output()
-        .expect("audit");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    (out.status.code().unwrap_or(-1), v)
+    audit_json(Path::new(SNAPCTL), &c.data(), hosts)
 }
 
 /// Every bad request is one line, exit 2, and writes nothing.

@@ -222,3 +222,38 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
         .ok_or_else(|| format!("status line of {head:?}"))?;
     Ok((code, body.to_string()))
 }
+
+/// A finished command's stdout then stderr, for assertions and their messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `snapctl audit --json` of the stores in `data` against `hosts`: the exit code and the JSON
+/// (`Null` when the output is none).
+pub fn audit_json(
+    snapctl: &std::path::Path,
+    data: &std::path::Path,
+    hosts: &std::path::Path,
+) -> (i32, serde_json::Value) {
+    let out = Command::new(snapctl)
+        .args(["audit", "--json", "--data-dir"])
+        .arg(data)
+        .arg("--hosts")
+        .arg(hosts)
+        .output()
+        .expect("run snapctl audit");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// Each branch's balance in an audit's JSON, in branch order.
+pub fn audit_balances(a: &serde_json::Value) -> Vec<u64> {
+    a["branches"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|b| b["balance"].as_u64()).collect())
+        .unwrap_or_default()
+}
